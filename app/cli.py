@@ -1,0 +1,120 @@
+"""The `token-broker` command: serve, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from app.logging_setup import configure_logging, uvicorn_log_config
+from app.settings import ConfigError, Settings, load_settings
+
+GRACEFUL_SHUTDOWN_SECONDS = 30
+
+
+def _default_port() -> int:
+    raw = os.environ.get("PORT", "8080")
+    return int(raw) if raw.isdigit() else 8080
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=uvicorn_log_config(),
+        access_log=False,
+        proxy_headers=False,  # the app applies BROKER_TRUSTED_PROXIES itself
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+    )
+    return 0
+
+
+async def _check_keys(settings: Settings) -> tuple[bool, str]:
+    import httpx
+
+    from app.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=3.0)) as client:
+        keys = signing_keys_for(settings, client)
+        if isinstance(keys, JwksKeys):
+            try:
+                await keys.load_once()
+            except KeyFetchError as exc:
+                return False, f"signing_keys: {exc}"
+        count = sum(len(algs) for algs in keys.ring.values())
+        return True, f"signing_keys: {count} key(s) from {keys.describe()}"
+
+
+def _check(_: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"FAIL configuration: {exc}")
+        return 1
+    results = [(True, f"configuration: valid ({settings.key_source} keys)")]
+    results.append(asyncio.run(_check_keys(settings)))
+    for label, path in (("tls_cert", settings.tls_cert_file), ("tls_key", settings.tls_key_file)):
+        if path:
+            readable = os.access(path, os.R_OK)
+            results.append((readable, f"{label}: {'readable' if readable else 'not readable'}"))
+    for ok, line in results:
+        print(f"{'ok  ' if ok else 'FAIL'} {line}")
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    configure_logging("INFO", "console")
+    try:
+        asyncio.run(run_demo(args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"demo could not start: {exc.strerror} (try --port)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="token-broker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the production server")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=_default_port())
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_serve)
+    check = commands.add_parser("check", help="validate configuration and load signing keys")
+    check.set_defaults(handler=_check)
+    demo = commands.add_parser("demo", help="a local sandbox: no account, no identity provider")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `token-broker` console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""One error base class carrying status and code, rendered as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.request_context import current_request_id
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:videodb-token-broker:problem:"
+
+log = structlog.get_logger("app.errors")
+
+
+class BrokerError(Exception):
+    """A failure the client should see; subclasses fix status, code and title."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+def _bearer_challenge(error: str, description: str, scope: str | None = None) -> str:
+    parts = ['Bearer realm="videodb-token-broker"', f'error="{error}"']
+    parts.append(f'error_description="{description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return ", ".join(parts)
+
+
+class MissingToken(BrokerError):
+    status = 401
+    code = "missing_token"
+    title = "Missing credentials"
+
+    def __init__(self, detail: str) -> None:
+        # RFC 6750 section 3.1: no error code when the request carried no credentials.
+        super().__init__(
+            detail, headers={"WWW-Authenticate": 'Bearer realm="videodb-token-broker"'}
+        )
+
+
+class InvalidToken(BrokerError):
+    status = 401
+    code = "invalid_token"
+    title = "Invalid credentials"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            detail, headers={"WWW-Authenticate": _bearer_challenge("invalid_token", detail)}
+        )
+
+
+class InsufficientScope(BrokerError):
+    status = 403
+    code = "insufficient_scope"
+    title = "Insufficient scope"
+
+    def __init__(self, detail: str, scope: str) -> None:
+        challenge = _bearer_challenge("insufficient_scope", detail, scope)
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class CsrfFailed(BrokerError):
+    status = 403
+    code = "csrf_failed"
+    title = "CSRF check failed"
+
+
+class OriginNotAllowed(BrokerError):
+    status = 403
+    code = "origin_not_allowed"
+    title = "Origin not allowed"
+
+
+class InvalidRequest(BrokerError):
+    status = 422
+    code = "invalid_request"
+    title = "Invalid request"
+
+
+class PayloadTooLarge(BrokerError):
+    status = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
+class RateLimited(BrokerError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+
+class UpstreamError(BrokerError):
+    status = 502
+    code = "upstream_error"
+    title = "VideoDB answered unusably"
+
+
+class UpstreamUnavailable(BrokerError):
+    status = 503
+    code = "upstream_unavailable"
+    title = "VideoDB unavailable"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+
+
+class UpstreamTimeout(BrokerError):
+    status = 504
+    code = "upstream_timeout"
+    title = "VideoDB timed out"
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    """Render one problem+json response with the current request id."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": current_request_id(),
+        **(extra or {}),
+    }
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_CONTENT_TYPE
+    )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def _broker_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BrokerError)
+    return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.headers)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    phrase = HTTPStatus(exc.status_code).phrase
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    detail = {
+        404: "No such endpoint. The token endpoint is POST /v1/capture/session/token.",
+        405: "This method is not allowed on this path.",
+    }.get(exc.status_code, phrase)
+    return problem_response(exc.status_code, code, phrase, detail, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Name where the problem is, never echo the input back.
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+    detail = f"{where}: {first.get('msg', 'invalid')}"
+    return problem_response(422, InvalidRequest.code, InvalidRequest.title, detail)
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    # The exception text may hold anything; log only its type.
+    log.error("unhandled_error", error_type=type(exc).__name__)
+    return problem_response(
+        500,
+        "internal_error",
+        "Internal error",
+        "The broker failed unexpectedly; quote the request_id to support.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error, FastAPI's own included, through problem+json."""
+    app.add_exception_handler(BrokerError, _broker_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,90 @@
+"""The application factory: settings in, a FastAPI app with its lifespan out."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from app import __version__
+from app.cors import ProblemCORSMiddleware, cors_middleware_options
+from app.errors import install_error_handlers
+from app.identity import Authenticator
+from app.logging_setup import configure_logging
+from app.request_context import RequestContextMiddleware
+from app.routes_ops import router as ops_router
+from app.routes_token import router as token_router
+from app.settings import ConfigError, Settings, load_settings
+from app.signing_keys import signing_keys_for
+from app.token_service import TokenService
+from app.videodb_client import VideoDBClient, build_http_client
+
+IDP_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+
+log = structlog.get_logger("app.main")
+
+
+def settings_or_exit() -> Settings:
+    """Settings from the environment; on a broken rule, one line on stderr and exit 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Own every long-lived resource: HTTP clients, signing keys, the token service."""
+    settings: Settings = app.state.settings
+    upstream_http = build_http_client(settings.upstream_timeout)
+    idp_http = httpx.AsyncClient(timeout=IDP_TIMEOUT, follow_redirects=False)
+    keys = signing_keys_for(settings, idp_http)
+    videodb = VideoDBClient(
+        upstream_http, settings.videodb_api_key, settings.videodb_api, settings.upstream_timeout
+    )
+    app.state.signing_keys = keys
+    app.state.authenticator = Authenticator(settings, keys)
+    app.state.token_service = TokenService(videodb)
+    await keys.start()
+    log.info(
+        "broker_started",
+        version=__version__,
+        key_source=keys.describe(),
+        upstream=settings.videodb_api,
+    )
+    try:
+        yield
+    finally:
+        await keys.stop()
+        await upstream_http.aclose()
+        await idp_http.aclose()
+        log.info("broker_stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the broker; settings are read here, never at import."""
+    settings = settings or settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
+    app = FastAPI(
+        title="videodb-token-broker",
+        version=__version__,
+        summary="Short-lived VideoDB session tokens for authenticated end users.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(token_router)
+    app.include_router(ops_router)
+    # Added innermost first: CORS sees requests after the request id is bound.
+    app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
+    app.add_middleware(RequestContextMiddleware, quiet_paths=frozenset({"/healthz", "/readyz"}))
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    return app

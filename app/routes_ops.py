@@ -1,0 +1,46 @@
+"""Health, readiness and (later) metrics: what operators and orchestrators poll."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app import __version__
+from app.errors import problem_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: 200 while the process serves")
+async def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok", "version": __version__}
+
+
+def readiness_checks(request: Request) -> dict[str, str]:
+    """Each readiness check and its state: 'ok' or why not."""
+    keys = request.app.state.signing_keys
+    checks = {"configuration": "ok"}
+    if keys.ready:
+        checks["signing_keys"] = "ok"
+    else:
+        error = getattr(keys, "last_error", None)
+        checks["signing_keys"] = f"not loaded ({error})" if error else "not loaded yet"
+    return checks
+
+
+@router.get("/readyz", summary="Readiness: 200 when tokens can be issued, else 503")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when configuration is valid and signing keys are loaded."""
+    checks = readiness_checks(request)
+    failing = sorted(name for name, state in checks.items() if state != "ok")
+    if not failing:
+        return JSONResponse({"status": "ready", "checks": checks})
+    return problem_response(
+        503,
+        "not_ready",
+        "Not ready",
+        f"failing checks: {', '.join(failing)}",
+        headers={"Retry-After": "5"},
+        extra={"checks": checks},
+    )

@@ -1,0 +1,136 @@
+"""POST /v1/capture/session/token: the one thing end users call."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import PROBLEM_CONTENT_TYPE, InvalidRequest, PayloadTooLarge
+from app.fingerprint import fingerprint
+from app.identity import CurrentUser
+from app.settings import Settings
+from app.token_service import TokenService
+
+MAX_BODY_BYTES = 1024
+TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
+
+log = structlog.get_logger("app.routes_token")
+router = APIRouter(tags=["tokens"])
+
+
+class TokenRequest(BaseModel):
+    """Optional body: the lifetime the client would like, in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    expires_in: int | None = Field(default=None, description="requested lifetime in seconds")
+
+
+class TokenResponse(BaseModel):
+    """A short-lived VideoDB session token."""
+
+    token: str = Field(description="the st- session token")
+    expires_at: int = Field(description="epoch seconds when the token stops working")
+    expires_in: int = Field(description="seconds left at the time of the response")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_token_service(request: Request) -> TokenService:
+    """The app's token service, built in its lifespan."""
+    service: TokenService = request.app.state.token_service
+    return service
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The body may hold at most {MAX_BODY_BYTES} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"The body may hold at most {MAX_BODY_BYTES} bytes.")
+    return bytes(body)
+
+
+def requested_ttl(body: bytes, settings: Settings) -> int:
+    """The lifetime asked for: none, {} or {"expires_in": int}; anything else is a 422."""
+    low, high = settings.token_min_ttl, settings.token_max_ttl
+    if not body.strip():
+        return settings.token_default_ttl
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest('The body must be JSON: {} or {"expires_in": <int>}.') from None
+    if not isinstance(document, dict):
+        raise InvalidRequest('The body must be a JSON object: {} or {"expires_in": <int>}.')
+    unknown = sorted(set(document) - {"expires_in"})
+    if unknown:
+        raise InvalidRequest(
+            "Only 'expires_in' may be sent; the user id comes from the verified token."
+        )
+    if "expires_in" not in document:
+        return settings.token_default_ttl
+    ttl = document["expires_in"]
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not low <= ttl <= high:
+        raise InvalidRequest(f"expires_in must be an integer from {low} to {high} seconds.")
+    return ttl
+
+
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
+
+
+@router.post(
+    TOKEN_PATH,
+    response_model=TokenResponse,
+    summary="Mint a short-lived VideoDB session token for the authenticated user",
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
+        }
+    },
+    responses={
+        401: {"description": "missing_token / invalid_token", **_PROBLEM},
+        403: {"description": "insufficient_scope / csrf_failed / origin_not_allowed", **_PROBLEM},
+        413: {"description": "payload_too_large", **_PROBLEM},
+        422: {"description": "invalid_request", **_PROBLEM},
+        429: {"description": "rate_limited", **_PROBLEM},
+        502: {"description": "upstream_error", **_PROBLEM},
+        503: {"description": "upstream_unavailable", **_PROBLEM},
+        504: {"description": "upstream_timeout", **_PROBLEM},
+    },
+)
+async def create_session_token(
+    request: Request,
+    user: CurrentUser,
+    settings: Annotated[Settings, Depends(get_settings_dep)],
+    service: Annotated[TokenService, Depends(get_token_service)],
+) -> JSONResponse:
+    """Authenticate the end user, then return a session token bound to them."""
+    ttl = requested_ttl(await _read_body(request), settings)
+    issued = await service.issue(user.user_id, ttl)
+    expires_at = issued.minted.expires_at
+    expires_in = max(0, expires_at - int(time.time()))
+    log.info(
+        "token_issued",
+        user_id=user.user_id,
+        requested_ttl=ttl,
+        granted_ttl=expires_in,
+        source=issued.source,
+        token=fingerprint(issued.minted.token),
+    )
+    return JSONResponse(
+        {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in},
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )

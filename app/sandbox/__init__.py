@@ -1,0 +1,1 @@
+"""Built-in stand-ins for `token-broker demo` and the tests: never wired in by configuration."""

@@ -1,0 +1,274 @@
+"""The broker's configuration: one pydantic-settings class, checked at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+JWKS_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+SHARED_SECRET_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name
+MIN_SHARED_SECRET_BYTES = 32
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class ConfigError(Exception):
+    """A configuration rule is broken; the message names the variable and the rule only."""
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost and loopback addresses, where plain HTTP is tolerated."""
+    if not host:
+        return False
+    if host.lower() in {"localhost", "localhost."} or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secure_url(value: str) -> str:
+    """Refuse anything but https://, except for loopback hosts."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials in the URL")
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise ValueError("must use https:// (plain http is allowed for loopback hosts only)")
+    return value
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting in the contract; names are the environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
+        populate_by_name=True,
+    )
+
+    videodb_api_key: SecretStr = Field(
+        validation_alias=AliasChoices("VIDEO_DB_API_KEY", "VIDEODB_API_KEY"),
+    )
+    videodb_api: str = Field(default="https://api.videodb.io", validation_alias="VIDEO_DB_API")
+
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str = Field(min_length=1)
+    auth_algorithms: CommaList = Field(default_factory=lambda: ["RS256"])
+    auth_hs256_secret: SecretStr | None = None
+    auth_user_claim: str = Field(default="sub", min_length=1, max_length=128)
+    auth_required_scopes: CommaList = Field(default_factory=list)
+    auth_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    auth_cookie_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+
+    token_default_ttl: int = Field(default=900, gt=0)
+    token_min_ttl: int = Field(default=60, gt=0)
+    token_max_ttl: int = Field(default=3600, gt=0, le=86400)
+
+    cors_origins: CommaList = Field(default_factory=list)
+    rate_limit: str = "30/minute"
+    redis_url: SecretStr | None = None
+    upstream_timeout: float = Field(default=5.0, gt=0, le=60)
+    cache_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    trusted_proxies: CommaList = Field(default_factory=list)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator(
+        "auth_algorithms",
+        "auth_required_scopes",
+        "cors_origins",
+        "trusted_proxies",
+        mode="before",
+    )
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("videodb_api_key")
+    @classmethod
+    def _key_shape(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith("sk-") or len(raw) < 8 or any(c.isspace() for c in raw):
+            raise ValueError("must be a VideoDB secret key starting with 'sk-'")
+        return value
+
+    @field_validator("videodb_api", "auth_jwks_url", "auth_issuer")
+    @classmethod
+    def _secure_urls(cls, value: str | None) -> str | None:
+        return None if value is None else require_secure_url(value)
+
+    @field_validator("videodb_api")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("auth_hs256_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SHARED_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SHARED_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if (
+                origin == "*"
+                or parts.scheme not in {"http", "https"}
+                or not parts.netloc
+                or parts.path
+                or parts.query
+                or parts.fragment
+            ):
+                raise ValueError(
+                    "each entry must be an exact origin such as https://app.example.com "
+                    "(no wildcard, path or trailing slash)"
+                )
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError("each entry must be an IP address or CIDR network") from None
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_shape(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            if not parse_many(value):
+                raise ValueError
+        except ValueError:
+            raise ValueError("must look like '30/minute' or '5/second;100/hour'") from None
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Settings:
+        secret_mode = self.auth_hs256_secret is not None
+        if secret_mode and self.auth_jwks_url:
+            raise ValueError(
+                "BROKER_AUTH_JWKS_URL and BROKER_AUTH_HS256_SECRET are exclusive: "
+                "choose one source of signing keys"
+            )
+        if not secret_mode and not self.auth_jwks_url and not self.auth_issuer:
+            raise ValueError(
+                "no source of signing keys: set BROKER_AUTH_JWKS_URL, BROKER_AUTH_ISSUER "
+                "(OIDC discovery) or BROKER_AUTH_HS256_SECRET"
+            )
+        if not self.auth_algorithms:
+            raise ValueError("BROKER_AUTH_ALGORITHMS: at least one algorithm is required")
+        if secret_mode:
+            if "auth_algorithms" in self.model_fields_set and self.auth_algorithms != [
+                SHARED_SECRET_ALGORITHM
+            ]:
+                raise ValueError("BROKER_AUTH_ALGORITHMS: shared-secret mode accepts HS256 only")
+            self.auth_algorithms = [SHARED_SECRET_ALGORITHM]
+        else:
+            bad = [alg for alg in self.auth_algorithms if alg not in JWKS_ALGORITHMS]
+            if bad:
+                raise ValueError(
+                    "BROKER_AUTH_ALGORITHMS: with a JWKS only RS*, PS* and ES* algorithms "
+                    f"are allowed ({', '.join(sorted(JWKS_ALGORITHMS))})"
+                )
+        if not self.token_min_ttl <= self.token_default_ttl <= self.token_max_ttl:
+            raise ValueError(
+                "BROKER_TOKEN_DEFAULT_TTL must lie between BROKER_TOKEN_MIN_TTL and "
+                "BROKER_TOKEN_MAX_TTL"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
+        return self
+
+    @property
+    def key_source(self) -> Literal["jwks", "discovery", "shared_secret"]:
+        """Where signing keys come from."""
+        if self.auth_hs256_secret is not None:
+            return "shared_secret"
+        return "jwks" if self.auth_jwks_url else "discovery"
+
+
+_ENV_NAMES = {
+    "videodb_api_key": "VIDEO_DB_API_KEY",
+    "VIDEO_DB_API_KEY": "VIDEO_DB_API_KEY",
+    "VIDEODB_API_KEY": "VIDEO_DB_API_KEY",
+    "videodb_api": "VIDEO_DB_API",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable behind a settings field."""
+    if field in _ENV_NAMES:
+        return _ENV_NAMES[field]
+    if field.isupper():
+        return field
+    return f"BROKER_{field.upper()}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the variable and the rule; never the value."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    loc = [str(part) for part in first["loc"] if not isinstance(part, int)]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "is required"
+    if not loc:
+        return message
+    return f"{env_name(loc[0])}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and .env); raise ConfigError on a broken rule."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; tests override this dependency."""
+    return load_settings()

@@ -1,0 +1,163 @@
+"""The one place that talks to VideoDB: mint an st- token, or raise a domain error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from pydantic import SecretStr
+
+from app import __version__
+from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.fingerprint import fingerprint
+
+TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
+MAX_RESPONSE_BYTES = 64 * 1024
+MAX_TOKEN_CHARS = 4096
+DEFAULT_RETRY_AFTER = 5
+MAX_HONOURED_RETRY_AFTER = 300
+CLIENT_ID = f"videodb-token-broker/{__version__}"
+
+log = structlog.get_logger("app.videodb")
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """An st- token and the moment it stops working (epoch seconds)."""
+
+    token: str
+    expires_at: int
+
+
+def build_http_client(timeout: float) -> httpx.AsyncClient:
+    """The shared client for VideoDB, with explicit connect/read/write/pool timeouts."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=min(timeout, 2.0)),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+        headers={"User-Agent": CLIENT_ID},
+    )
+
+
+def retry_after_seconds(value: str | None) -> int:
+    """A short, numeric Retry-After from VideoDB, else our default."""
+    if value is not None and value.strip().isdigit():
+        return min(max(int(value.strip()), 1), MAX_HONOURED_RETRY_AFTER)
+    return DEFAULT_RETRY_AFTER
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def true_expiry(sent_at: float, requested: int, expires_at: object, expires_in: object) -> int:
+    """The earliest expiry any signal supports, so what we report is never too late.
+
+    VideoDB's `expires_at` may be a float, in another unit, or disagree with `expires_in`;
+    `sent_at + expires_in` is a bound measured on our own clock.
+    """
+    candidates = []
+    lifetime = _number(expires_in)
+    if lifetime is not None and lifetime > 0:
+        candidates.append(sent_at + lifetime)
+    absolute = _number(expires_at)
+    if absolute is not None:
+        candidates.append(absolute)
+    if not candidates:
+        candidates.append(sent_at + requested)
+    return math.floor(min(candidates))
+
+
+class VideoDBClient:
+    """Exchanges the server-held key for a session token bound to one user."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, api_key: SecretStr, base_url: str, timeout: float
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._url = base_url + TOKEN_PATH
+        self._timeout = timeout
+
+    async def mint(self, user_id: str, expires_in: int) -> MintedToken:
+        """Ask VideoDB for a token; raise UpstreamError/Unavailable/Timeout on any failure."""
+        sent_at = time.time()
+        try:
+            async with asyncio.timeout(self._timeout):
+                status, headers, body = await self._post(user_id, expires_in)
+        except (TimeoutError, httpx.TimeoutException):
+            log.warning("videodb_timeout", timeout_s=self._timeout)
+            raise UpstreamTimeout("VideoDB did not answer in time; try again shortly.") from None
+        except httpx.HTTPError as exc:
+            log.warning("videodb_unreachable", error_type=type(exc).__name__)
+            raise UpstreamUnavailable(
+                "VideoDB could not be reached; try again shortly.", DEFAULT_RETRY_AFTER
+            ) from None
+        return self._interpret(status, headers, body, sent_at, expires_in)
+
+    async def _post(self, user_id: str, expires_in: int) -> tuple[int, httpx.Headers, bytes]:
+        payload = json.dumps({"user_id": user_id, "expires_in": expires_in}).encode()
+        request_headers = {
+            "x-access-token": self._api_key.get_secret_value(),
+            "Content-Type": "application/json",
+            "x-videodb-client": CLIENT_ID,
+        }
+        async with self._http.stream(
+            "POST", self._url, content=payload, headers=request_headers
+        ) as resp:
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    break
+            return resp.status_code, resp.headers, bytes(body)
+
+    def _interpret(
+        self, status: int, headers: httpx.Headers, body: bytes, sent_at: float, requested: int
+    ) -> MintedToken:
+        if status == 429 or status >= 500:
+            retry = retry_after_seconds(headers.get("retry-after"))
+            log.warning("videodb_unavailable", status=status, retry_after_s=retry)
+            raise UpstreamUnavailable(
+                f"VideoDB is unavailable (HTTP {status}); retry after {retry} s.", retry
+            )
+        if status in (401, 403):
+            # VideoDB refused our key: an operator problem, never the end user's.
+            log.error("videodb_refused_key", status=status)
+            raise UpstreamError("VideoDB refused the broker's credentials; contact the operator.")
+        if status != 200:
+            log.warning("videodb_refused", status=status)
+            raise UpstreamError(f"VideoDB refused the request (HTTP {status}).")
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise UpstreamError("VideoDB answered with an oversized body.")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            log.warning("videodb_unusable", problem="not_json")
+            raise UpstreamError("VideoDB answered with something that is not JSON.") from None
+        data = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(document, dict) or document.get("success") is not True:
+            log.warning("videodb_unusable", problem="success_not_true")
+            raise UpstreamError("VideoDB reported a failure.")
+        token = data.get("token") if isinstance(data, dict) else None
+        if (
+            not isinstance(token, str)
+            or not token.startswith("st-")
+            or len(token) > MAX_TOKEN_CHARS
+            or not token.isprintable()
+        ):
+            log.warning("videodb_unusable", problem="no_session_token")
+            raise UpstreamError("VideoDB answered without a session token.")
+        assert isinstance(data, dict)
+        expires_at = true_expiry(sent_at, requested, data.get("expires_at"), data.get("expires_in"))
+        if expires_at - time.time() < 1:
+            log.warning("videodb_unusable", problem="already_expired", token=fingerprint(token))
+            raise UpstreamError("VideoDB answered with a token that has already expired.")
+        return MintedToken(token=token, expires_at=expires_at)
