@@ -1,0 +1,137 @@
+"""Shared fixtures: a development issuer, settings, and the app over ASGI with its lifespan."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.sandbox.dev_issuer import DevIssuer
+from app.settings import Settings
+
+API_KEY = "sk-test-0123456789abcdef"
+VIDEODB = "https://videodb.test"
+ISSUER = "https://idp.test"
+JWKS_URL = ISSUER + "/jwks.json"
+AUDIENCE = "broker-tests"
+HS_SECRET = "a-shared-secret-of-at-least-32-bytes!!"
+APP_ORIGIN = "https://app.example.com"
+TOKEN_PATH = "/v1/capture/session/token"
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No test reads the developer's own environment or .env."""
+    for name in list(os.environ):
+        if name.startswith(("BROKER_", "VIDEO_DB_", "VIDEODB_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def issuer() -> DevIssuer:
+    """A development identity provider with one RSA key."""
+    return DevIssuer(issuer=ISSUER, kid="test-key-1")
+
+
+@pytest.fixture
+def make_settings() -> SettingsFactory:
+    """Settings for JWKS mode against the fakes, with overrides."""
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "videodb_api_key": API_KEY,
+            "videodb_api": VIDEODB,
+            "auth_jwks_url": JWKS_URL,
+            "auth_issuer": ISSUER,
+            "auth_audience": AUDIENCE,
+            "cors_origins": [APP_ORIGIN],
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return factory
+
+
+def upstream_ok(request: httpx.Request) -> httpx.Response:
+    """VideoDB as documented: a fresh st- token for the asked lifetime."""
+    import json
+    import secrets
+    import time
+
+    body = json.loads(request.content)
+    ttl = body["expires_in"]
+    return httpx.Response(
+        200,
+        json={
+            "success": True,
+            "data": {
+                "token": "st-" + secrets.token_hex(12),
+                "expires_at": time.time() + ttl,
+                "expires_in": ttl,
+            },
+        },
+    )
+
+
+@pytest.fixture
+def network(issuer: DevIssuer) -> Iterator[respx.MockRouter]:
+    """The outside world at the transport: the JWKS and VideoDB's token endpoint."""
+    with respx.mock(assert_all_called=False) as router:
+        router.get(JWKS_URL, name="jwks").mock(return_value=httpx.Response(200, json=issuer.jwks()))
+        router.post(VIDEODB + "/capture/session/token", name="videodb").mock(
+            side_effect=upstream_ok
+        )
+        yield router
+
+
+async def _ready(client: httpx.AsyncClient) -> None:
+    for _ in range(100):
+        if (await client.get("/readyz")).status_code == 200:
+            return
+        import asyncio
+
+        await asyncio.sleep(0.01)
+    raise AssertionError("app never became ready")
+
+
+@pytest.fixture
+async def app_client(
+    make_settings: SettingsFactory, network: respx.MockRouter
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build the app with given settings, run its lifespan, return an httpx client to it."""
+    stack: list[LifespanManager] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def build(settings: Settings | None = None, wait_ready: bool = True) -> httpx.AsyncClient:
+        app: FastAPI = create_app(settings or make_settings())
+        manager = LifespanManager(app)
+        await manager.__aenter__()
+        stack.append(manager)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://broker.test"
+        )
+        clients.append(client)
+        if wait_ready:
+            await _ready(client)
+        return client
+
+    yield build
+    for client in clients:
+        await client.aclose()
+    for manager in reversed(stack):
+        await manager.__aexit__(None, None, None)
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization header."""
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,110 @@
+"""The broker as a real process on a real port, as users meet it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The parent's environment without any broker setting, plus these settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BROKER_", "VIDEO_DB_", "VIDEODB_"))
+    }
+    env.update(settings)
+    return env
+
+
+class BrokerProcess:
+    """`token-broker serve` in a subprocess; its output is kept for leak checks."""
+
+    def __init__(self, settings: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = tempfile.NamedTemporaryFile(prefix="broker-", suffix=".log", delete=False)  # noqa: SIM115
+        self._workdir = tempfile.mkdtemp(prefix="broker-cwd-")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *args],
+            env={**clean_env(**settings), "PYTHONPATH": str(REPO)},
+            cwd=self._workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._log.close()  # the child holds its own descriptor
+
+    def wait_healthy(self, timeout: float = 20.0) -> BrokerProcess:
+        """Block until /healthz answers (or fail with the process's output)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"broker not healthy in {timeout}s:\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 20.0) -> BrokerProcess:
+        """Block until /readyz is 200."""
+        self.wait_healthy(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"broker not ready in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return Path(self._log.name).read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Its output as JSON objects; any line that is not one fails the test."""
+        records = []
+        for line in self.output().splitlines():
+            if line.strip():
+                records.append(json.loads(line))
+        return records
+
+    def terminate(self, timeout: float = 35.0) -> int:
+        """SIGTERM and wait: 0 when it stopped cleanly.
+
+        uvicorn re-raises SIGTERM after its graceful shutdown, so a clean stop shows as
+        -SIGTERM; the "broker_stopped" line (written after the lifespan closed) tells it apart.
+        """
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("broker did not stop on SIGTERM") from None
+        code = self.proc.returncode
+        if code == -signal.SIGTERM and '"broker_stopped"' in self.output():
+            return 0
+        return code

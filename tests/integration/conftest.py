@@ -1,0 +1,86 @@
+"""Real processes and real HTTP: a JWKS server, a stand-in VideoDB, the broker on a port."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.broker_process import BrokerProcess
+from tests.fakes.identity_provider import FakeIdentityProvider
+from tests.fakes.servers import ThreadedServer
+from tests.fakes.videodb import FakeVideoDB
+
+API_KEY = "sk-integration-0123456789abcdef"
+AUDIENCE = "integration-tests"
+APP_ORIGIN = "https://app.example.com"
+TOKEN_PATH = "/v1/capture/session/token"
+
+SESSION_TOKEN = re.compile(r"st-[A-Za-z0-9_\-]{8,}")
+JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]+")
+
+
+def assert_no_secret_in(text: str) -> None:
+    """No VideoDB key, session token or JWT in this text."""
+    assert API_KEY not in text
+    assert not SESSION_TOKEN.search(text), SESSION_TOKEN.search(text)
+    assert not JWT.search(text), JWT.search(text)
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[FakeIdentityProvider]:
+    """A real JWKS server over HTTP."""
+    provider = FakeIdentityProvider()
+    server = ThreadedServer(provider)
+    provider.issuer_url = server.url
+    provider.rotate()
+    server.start()
+    yield provider
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def videodb_server() -> Iterator[tuple[FakeVideoDB, ThreadedServer]]:
+    """A stand-in VideoDB over HTTP."""
+    fake = FakeVideoDB(api_key=API_KEY)
+    server = ThreadedServer(fake).start()
+    yield fake, server
+    server.stop()
+
+
+@pytest.fixture
+def videodb(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> FakeVideoDB:
+    """The stand-in, healthy and with no calls recorded."""
+    fake, _ = videodb_server
+    fake.reset()
+    return fake
+
+
+def broker_settings(idp: FakeIdentityProvider, videodb_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a broker wired to the fakes."""
+    return {
+        "VIDEO_DB_API_KEY": API_KEY,
+        "VIDEO_DB_API": videodb_url,
+        "BROKER_AUTH_JWKS_URL": idp.issuer_url + "/jwks.json",
+        "BROKER_AUTH_ISSUER": idp.issuer_url,
+        "BROKER_AUTH_AUDIENCE": AUDIENCE,
+        "BROKER_CORS_ORIGINS": APP_ORIGIN,
+        "BROKER_UPSTREAM_TIMEOUT": "1",
+        "BROKER_TRUSTED_PROXIES": "127.0.0.1",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def broker(
+    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> Iterator[BrokerProcess]:
+    """One broker process for the module; on teardown its logs must hold no secret."""
+    _, server = videodb_server
+    process = BrokerProcess(broker_settings(idp, server.url)).wait_healthy().wait_ready()
+    yield process
+    assert process.terminate() == 0
+    records = process.log_records()  # every line parses as JSON
+    assert records
+    assert_no_secret_in(process.output())

@@ -1,0 +1,151 @@
+"""`token-broker serve | check | demo` as a user runs them."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
+from tests.fakes.identity_provider import FakeIdentityProvider
+from tests.fakes.servers import ThreadedServer
+from tests.fakes.videodb import FakeVideoDB
+from tests.integration.conftest import API_KEY, AUDIENCE, TOKEN_PATH, broker_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _run(
+    args: list[str], env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        env={**clean_env(**env), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO / "tests",
+    )
+
+
+BAD_CONFIG = {
+    "VIDEO_DB_API_KEY": API_KEY,
+    "BROKER_AUTH_AUDIENCE": "aud",
+    "BROKER_AUTH_JWKS_URL": "https://idp.example.com/jwks.json",
+    "BROKER_AUTH_HS256_SECRET": "x" * 40,
+}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", "0"],
+    ],
+    ids=["token-broker serve", "uvicorn --factory"],
+)
+def test_bad_configuration_stops_with_one_clear_line(command: list[str]) -> None:
+    result = _run(command, BAD_CONFIG)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("configuration error: BROKER_AUTH_JWKS_URL")
+    assert "exclusive" in lines[-1]
+    assert API_KEY not in result.stdout + result.stderr
+    assert "x" * 40 not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_each_check_and_exit_status(
+    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> None:
+    _, server = videodb_server
+    ok = _run([sys.executable, "-m", "app.cli", "check"], broker_settings(idp, server.url))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert re.search(r"^ok\s+configuration", ok.stdout, re.M)
+    assert re.search(r"^ok\s+signing_keys: \d+ key", ok.stdout, re.M)
+    down = broker_settings(
+        idp, server.url, BROKER_AUTH_JWKS_URL=f"http://127.0.0.1:{free_port()}/j"
+    )
+    failed = _run([sys.executable, "-m", "app.cli", "check"], down)
+    assert failed.returncode == 1
+    assert re.search(r"^FAIL signing_keys", failed.stdout, re.M)
+    bad = _run([sys.executable, "-m", "app.cli", "check"], BAD_CONFIG)
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("FAIL configuration: BROKER_AUTH_JWKS_URL")
+    assert API_KEY not in ok.stdout + failed.stdout + bad.stdout
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(
+    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> None:
+    fake, server = videodb_server
+    fake.reset()
+    fake.delay = 0.8
+    process = BrokerProcess(broker_settings(idp, server.url, BROKER_UPSTREAM_TIMEOUT="5"))
+    process.wait_ready()
+    results: list[httpx.Response] = []
+    token = idp.issuers[0].mint("in-flight", AUDIENCE)
+
+    def call() -> None:
+        results.append(
+            httpx.post(
+                process.url + TOKEN_PATH, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
+        )
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    while not fake.calls:
+        time.sleep(0.01)
+    process.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    with pytest.raises(httpx.ConnectError):  # no longer accepting
+        httpx.get(process.url + "/healthz", timeout=1)
+    worker.join(timeout=10)
+    assert results
+    assert results[0].status_code == 200
+    process.proc.wait(timeout=10)
+    assert process.terminate() == 0
+    fake.reset()
+
+
+def test_demo_prints_a_curl_line_that_works_as_printed() -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "demo", "--port", str(port)],
+        env={**clean_env(), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO / "tests",
+    )
+    try:
+        assert demo.stdout is not None
+        curl_line = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if line.strip().startswith("curl "):
+                curl_line = line.strip()
+                break
+        assert curl_line is not None, "demo printed no curl line"
+        result = subprocess.run(
+            ["bash", "-c", curl_line], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0
+        assert '"token":"st-' in result.stdout
+        assert '"expires_in":600' in result.stdout
+        assert shlex.split(curl_line)[0] == "curl"
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=15)
+        if demo.stdout is not None:
+            demo.stdout.close()
+    assert demo.returncode in (0, -signal.SIGINT)

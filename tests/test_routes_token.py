@@ -1,0 +1,235 @@
+"""The token endpoint through the app, with VideoDB and the JWKS faked at the transport."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import respx
+
+from app.sandbox.dev_issuer import DevIssuer
+from tests.conftest import API_KEY, APP_ORIGIN, AUDIENCE, HS_SECRET, TOKEN_PATH, bearer
+
+Build = Callable[..., Any]
+
+
+async def test_issues_a_token_bound_to_the_verified_user(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    resp = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("user-42", AUDIENCE)))
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.headers["cache-control"] == "no-store"
+    body = resp.json()
+    assert set(body) == {"token", "expires_at", "expires_in"}
+    assert body["token"].startswith("st-")
+    assert isinstance(body["expires_at"], int)
+    assert 895 <= body["expires_in"] <= 900  # the default lifetime
+    assert abs(body["expires_at"] - (time.time() + body["expires_in"])) <= 2
+
+    sent = network["videodb"].calls.last.request
+    assert sent.headers["x-access-token"] == API_KEY
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["x-videodb-client"].startswith("videodb-token-broker/")
+    assert json.loads(sent.content) == {"user_id": "user-42", "expires_in": 900}
+    assert API_KEY not in resp.text
+
+
+@pytest.mark.parametrize(
+    ("body", "ttl"),
+    [(b"", 900), (b"{}", 900), (b'{"expires_in": 60}', 60), (b'{"expires_in": 3600}', 3600)],
+)
+async def test_accepts_the_three_body_shapes(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter, body: bytes, ttl: int
+) -> None:
+    client = await app_client()
+    resp = await client.post(TOKEN_PATH, content=body, headers=bearer(issuer.mint("u", AUDIENCE)))
+    assert resp.status_code == 200
+    assert json.loads(network["videodb"].calls.last.request.content)["expires_in"] == ttl
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"user_id": "someone-else"}',
+        b'{"expires_in": 59}',
+        b'{"expires_in": 3601}',
+        b'{"expires_in": "600"}',
+        b'{"expires_in": 600.0}',
+        b'{"expires_in": true}',
+        b'{"expires_in": null}',
+        b"[]",
+        b"null",
+        b"not json",
+        b'{"expires_in": 1e400}',
+        b'{"expires_in": ' + b"9" * 1000 + b"}",
+        b"[" * 1000,
+    ],
+)
+async def test_refuses_any_other_body_without_calling_videodb(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter, body: bytes
+) -> None:
+    client = await app_client()
+    resp = await client.post(TOKEN_PATH, content=body, headers=bearer(issuer.mint("u", AUDIENCE)))
+    assert resp.status_code == 422
+    assert resp.headers["content-type"] == "application/problem+json"
+    problem = resp.json()
+    assert problem["code"] == "invalid_request"
+    assert problem["status"] == 422
+    assert problem["request_id"] == resp.headers["x-request-id"]
+    assert not network["videodb"].called
+
+
+async def test_range_error_names_the_range(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    resp = await client.post(
+        TOKEN_PATH, json={"expires_in": 5}, headers=bearer(issuer.mint("u", AUDIENCE))
+    )
+    assert "60" in resp.json()["detail"]
+    assert "3600" in resp.json()["detail"]
+
+
+async def test_oversized_body_is_refused(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    resp = await client.post(
+        TOKEN_PATH, content=b" " * 5000, headers=bearer(issuer.mint("u", AUDIENCE))
+    )
+    assert resp.status_code == 413
+    assert resp.json()["code"] == "payload_too_large"
+    assert not network["videodb"].called
+
+
+async def test_missing_credentials_is_401_with_challenge(app_client: Build) -> None:
+    client = await app_client()
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer "}):
+        resp = await client.post(TOKEN_PATH, headers=headers)
+        assert resp.status_code == 401
+        assert resp.json()["code"] == "missing_token"
+        assert resp.headers["www-authenticate"].startswith("Bearer ")
+
+
+async def test_unauthenticated_bad_body_is_still_401(app_client: Build) -> None:
+    client = await app_client()
+    resp = await client.post(TOKEN_PATH, content=b"garbage")
+    assert resp.status_code == 401
+
+
+async def test_required_scopes_give_403(
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+) -> None:
+    client = await app_client(make_settings(auth_required_scopes=["capture:write", "tokens"]))
+    partial = issuer.mint("u", AUDIENCE, scope="capture:write")
+    resp = await client.post(TOKEN_PATH, headers=bearer(partial))
+    assert resp.status_code == 403
+    assert resp.json()["code"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in resp.headers["www-authenticate"]
+    assert not network["videodb"].called
+    for claims in ({"scope": "tokens capture:write openid"}, {"scp": ["tokens", "capture:write"]}):
+        ok = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("u", AUDIENCE, **claims)))
+        assert ok.status_code == 200
+
+
+async def test_custom_user_claim_becomes_user_id(
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+) -> None:
+    client = await app_client(make_settings(auth_user_claim="email"))
+    ok = await client.post(
+        TOKEN_PATH, headers=bearer(issuer.mint("sub-1", AUDIENCE, email="ada@example.com"))
+    )
+    assert ok.status_code == 200
+    assert json.loads(network["videodb"].calls.last.request.content)["user_id"] == "ada@example.com"
+    for bad in ({}, {"email": 42}, {"email": ""}, {"email": ["a"]}, {"email": "x\n"}):
+        resp = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("s", AUDIENCE, **bad)))
+        assert resp.status_code == 401
+        assert resp.json()["code"] == "invalid_token"
+    assert network["videodb"].call_count == 1
+
+
+async def test_shared_secret_mode(
+    app_client: Build, make_settings: Callable[..., Any], network: respx.MockRouter
+) -> None:
+    from jose import jwt
+
+    settings = make_settings(auth_jwks_url=None, auth_hs256_secret=HS_SECRET)
+    client = await app_client(settings)
+    now = int(time.time())
+    claims = {"sub": "u1", "aud": AUDIENCE, "iss": settings.auth_issuer, "exp": now + 60}
+    good = jwt.encode(claims, HS_SECRET, algorithm="HS256")
+    assert (await client.post(TOKEN_PATH, headers=bearer(good))).status_code == 200
+    wrong = jwt.encode(claims, HS_SECRET + "x", algorithm="HS256")
+    assert (await client.post(TOKEN_PATH, headers=bearer(wrong))).status_code == 401
+    hs512 = jwt.encode(claims, HS_SECRET, algorithm="HS512")
+    assert (await client.post(TOKEN_PATH, headers=bearer(hs512))).status_code == 401
+    assert network["videodb"].call_count == 1
+
+
+class TestCookieMode:
+    async def _client(self, app_client: Build, make_settings: Callable[..., Any]) -> Any:
+        return await app_client(make_settings(auth_cookie_name="session"))
+
+    async def test_cookie_with_csrf_header_and_allowed_origin(
+        self,
+        app_client: Build,
+        make_settings: Callable[..., Any],
+        issuer: DevIssuer,
+        network: respx.MockRouter,
+    ) -> None:
+        client = await self._client(app_client, make_settings)
+        client.cookies.set("session", issuer.mint("cookie-user", AUDIENCE))
+        resp = await client.post(TOKEN_PATH, headers={"X-CSRF": "1", "Origin": APP_ORIGIN})
+        assert resp.status_code == 200
+        assert resp.headers["access-control-allow-credentials"] == "true"
+        no_origin = await client.post(TOKEN_PATH, headers={"X-CSRF": "1"})
+        assert no_origin.status_code == 200
+
+    async def test_cookie_without_csrf_header(
+        self,
+        app_client: Build,
+        make_settings: Callable[..., Any],
+        issuer: DevIssuer,
+        network: respx.MockRouter,
+    ) -> None:
+        client = await self._client(app_client, make_settings)
+        client.cookies.set("session", issuer.mint("cookie-user", AUDIENCE))
+        for csrf in ({}, {"X-CSRF": "0"}, {"X-CSRF": "true"}):
+            resp = await client.post(TOKEN_PATH, headers=csrf)
+            assert resp.status_code == 403
+            assert resp.json()["code"] == "csrf_failed"
+        assert not network["videodb"].called
+
+    async def test_cookie_from_a_foreign_origin(
+        self,
+        app_client: Build,
+        make_settings: Callable[..., Any],
+        issuer: DevIssuer,
+        network: respx.MockRouter,
+    ) -> None:
+        client = await self._client(app_client, make_settings)
+        client.cookies.set("session", issuer.mint("cookie-user", AUDIENCE))
+        resp = await client.post(
+            TOKEN_PATH, headers={"X-CSRF": "1", "Origin": "https://evil.example"}
+        )
+        assert resp.status_code == 403
+        assert resp.json()["code"] == "origin_not_allowed"
+        assert not network["videodb"].called
+
+    async def test_cookie_ignored_when_mode_off(self, app_client: Build, issuer: DevIssuer) -> None:
+        client = await app_client()
+        client.cookies.set("session", issuer.mint("cookie-user", AUDIENCE))
+        resp = await client.post(TOKEN_PATH, headers={"X-CSRF": "1"})
+        assert resp.status_code == 401
+        assert resp.json()["code"] == "missing_token"

@@ -1,0 +1,94 @@
+"""Key sources: OIDC discovery, refusals of unsafe documents, refresh cool-down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from app.sandbox.dev_issuer import DevIssuer
+from app.signing_keys import JwksKeys, KeyFetchError
+from tests.conftest import ISSUER
+
+DISCOVERY = ISSUER + "/.well-known/openid-configuration"
+
+
+async def _keys(make_settings: Callable[..., Any], **overrides: Any) -> JwksKeys:
+    settings = make_settings(**overrides)
+    return JwksKeys(settings, httpx.AsyncClient(), unknown_kid_cooldown=30)
+
+
+async def test_discovery_finds_the_jwks(
+    make_settings: Callable[..., Any], issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    network.get(DISCOVERY).mock(
+        return_value=httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": ISSUER + "/jwks.json"})
+    )
+    keys = await _keys(make_settings, auth_jwks_url=None)
+    await keys.load_once()
+    assert keys.ready
+    assert issuer.kid in keys.ring
+    assert "jwks.json" in keys.describe()
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ({"issuer": "https://other.test", "jwks_uri": ISSUER + "/jwks.json"}, "different issuer"),
+        ({"issuer": ISSUER, "jwks_uri": "http://idp.test/jwks.json"}, "https"),
+        ({"issuer": ISSUER}, "no jwks_uri"),
+    ],
+)
+async def test_unsafe_discovery_documents_are_refused(
+    make_settings: Callable[..., Any], network: respx.MockRouter, document: Any, words: str
+) -> None:
+    network.get(DISCOVERY).mock(return_value=httpx.Response(200, json=document))
+    keys = await _keys(make_settings, auth_jwks_url=None)
+    with pytest.raises(KeyFetchError, match=words):
+        await keys.load_once()
+    assert not keys.ready
+
+
+@pytest.mark.parametrize(
+    ("response", "words"),
+    [
+        (httpx.Response(500), "HTTP 500"),
+        (httpx.Response(200, text="<html>"), "not JSON"),
+        (httpx.Response(200, json={"keys": [{"kty": "oct", "k": "AAAA"}]}), "no key usable"),
+        (httpx.Response(200, content=b"[" + b" " * 600_000 + b"]"), "larger"),
+        (httpx.Response(200, json={"nope": 1}), "not a JWKS"),
+    ],
+)
+async def test_bad_jwks_documents_keep_the_old_keys(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer,
+    response: httpx.Response, words: str,
+) -> None:
+    keys = await _keys(make_settings)
+    await keys.load_once()
+    network["jwks"].mock(return_value=response)
+    with pytest.raises(KeyFetchError, match=words):
+        await keys.load_once()
+    assert issuer.kid in keys.ring
+    assert keys.last_error is not None
+
+
+async def test_unknown_kid_refresh_is_cooled_down(
+    make_settings: Callable[..., Any], network: respx.MockRouter
+) -> None:
+    keys = await _keys(make_settings)
+    for _ in range(10):
+        await keys.refresh_for_unknown_kid()
+    assert network["jwks"].call_count == 1
+
+
+async def test_unknown_kid_refresh_survives_an_outage(
+    make_settings: Callable[..., Any], network: respx.MockRouter
+) -> None:
+    network["jwks"].mock(side_effect=httpx.ConnectError("down"))
+    keys = await _keys(make_settings)
+    await keys.refresh_for_unknown_kid()
+    assert not keys.ready
+    assert "ConnectError" in (keys.last_error or "")

@@ -1,0 +1,151 @@
+"""Every way VideoDB can fail maps to the contract's 502/503/504, with no secret or raw text."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from app.sandbox.dev_issuer import DevIssuer
+from app.videodb_client import true_expiry
+from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, VIDEODB, bearer
+
+Build = Callable[..., Any]
+ECHO = f"invalid key {API_KEY} for user; internal trace at db01.videodb.internal"
+
+
+def _ok(data: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json={"success": True, "data": data})
+
+
+async def _slow(_: httpx.Request) -> httpx.Response:
+    await asyncio.sleep(5)
+    return _ok({"token": "st-late", "expires_in": 900})
+
+
+FAILURES: dict[str, tuple[Any, int, str]] = {
+    "connection_refused": (httpx.ConnectError("refused"), 503, "upstream_unavailable"),
+    "connect_timeout": (httpx.ConnectTimeout("slow"), 504, "upstream_timeout"),
+    "read_timeout": (httpx.ReadTimeout("slow"), 504, "upstream_timeout"),
+    "slow_past_deadline": (_slow, 504, "upstream_timeout"),
+    "http_500": (httpx.Response(500, text=ECHO), 503, "upstream_unavailable"),
+    "http_503": (
+        httpx.Response(503, json={"success": False, "message": ECHO}),
+        503,
+        "upstream_unavailable",
+    ),
+    "http_429": (
+        httpx.Response(429, json={"success": False, "message": ECHO}),
+        503,
+        "upstream_unavailable",
+    ),
+    "key_refused_401": (
+        httpx.Response(401, json={"success": False, "message": ECHO}),
+        502,
+        "upstream_error",
+    ),
+    "http_400": (
+        httpx.Response(400, json={"success": False, "message": ECHO}),
+        502,
+        "upstream_error",
+    ),
+    "redirect": (
+        httpx.Response(302, headers={"Location": "https://evil.test"}),
+        502,
+        "upstream_error",
+    ),
+    "malformed_json": (httpx.Response(200, text="{not json " + ECHO), 502, "upstream_error"),
+    "html_page": (httpx.Response(200, html="<html>" + ECHO + "</html>"), 502, "upstream_error"),
+    "success_false": (
+        httpx.Response(200, json={"success": False, "message": ECHO}),
+        502,
+        "upstream_error",
+    ),
+    "no_data": (httpx.Response(200, json={"success": True}), 502, "upstream_error"),
+    "no_token": (_ok({"expires_in": 900}), 502, "upstream_error"),
+    "token_not_st": (_ok({"token": API_KEY, "expires_in": 900}), 502, "upstream_error"),
+    "token_not_string": (_ok({"token": 42, "expires_in": 900}), 502, "upstream_error"),
+    "already_expired": (
+        _ok({"token": "st-old", "expires_at": time.time() - 10, "expires_in": 900}),
+        502,
+        "upstream_error",
+    ),
+    "huge_body": (httpx.Response(200, text="x" * 200_000), 502, "upstream_error"),
+    "list_body": (httpx.Response(200, json=[1, 2]), 502, "upstream_error"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAILURES))
+async def test_upstream_failure_maps_to_contract(
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    behaviour, status, code = FAILURES[name]
+    route = network["videodb"]
+    if (callable(behaviour) and not isinstance(behaviour, httpx.Response)) or isinstance(
+        behaviour, Exception
+    ):
+        route.mock(side_effect=behaviour)
+    else:
+        route.mock(return_value=behaviour)
+    client = await app_client(make_settings(upstream_timeout=0.5))
+    started = time.monotonic()
+    resp = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("u", AUDIENCE)))
+    assert time.monotonic() - started < 2.0
+    assert resp.status_code == status
+    assert resp.headers["content-type"] == "application/problem+json"
+    problem = resp.json()
+    assert problem["code"] == code
+    assert set(problem) >= {"type", "title", "status", "detail", "code", "request_id"}
+    assert API_KEY not in resp.text
+    assert "db01" not in resp.text
+    assert "evil" not in resp.text
+    if status == 503:
+        assert int(resp.headers["retry-after"]) >= 1
+    logs = capsys.readouterr()
+    assert API_KEY not in logs.out + logs.err
+
+
+async def test_short_retry_after_from_videodb_is_passed_on(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    network["videodb"].mock(return_value=httpx.Response(429, headers={"Retry-After": "7"}))
+    client = await app_client()
+    resp = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("u", AUDIENCE)))
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "7"
+
+
+async def test_reported_lifetime_is_true_when_videodb_disagrees_with_itself(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    now = time.time()
+    network["videodb"].mock(
+        return_value=_ok({"token": "st-x", "expires_at": now + 120.75, "expires_in": 900})
+    )
+    client = await app_client()
+    body = (await client.post(TOKEN_PATH, headers=bearer(issuer.mint("u", AUDIENCE)))).json()
+    assert body["expires_at"] == int(now + 120.75)
+    assert 118 <= body["expires_in"] <= 121
+
+
+def test_true_expiry_takes_the_earliest_signal() -> None:
+    assert true_expiry(1000.0, 900, 1900.9, 900) == 1900
+    assert true_expiry(1000.0, 900, 5000.0, 600) == 1600  # expires_at too late
+    assert true_expiry(1000.0, 900, 1_900_000_000_000, 900) == 1900  # milliseconds by mistake
+    assert true_expiry(1000.0, 900, None, None) == 1900  # nothing said: what we asked for
+    assert true_expiry(1000.0, 900, "soon", True) == 1900  # nonsense is ignored
+    assert true_expiry(1000.0, 900, 1500, None) == 1500
+
+
+def test_upstream_base_url_is_used_exactly(make_settings: Callable[..., Any]) -> None:
+    assert make_settings(videodb_api=VIDEODB + "/").videodb_api == VIDEODB
