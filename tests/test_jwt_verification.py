@@ -64,6 +64,8 @@ def test_es256_and_es384_tokens_verify_with_the_matching_curve() -> None:
     assert set(ring["p384"]) == {"ES384"}
     token = jwt.encode(_claims(), pem256, algorithm="ES256", headers={"kid": "p256"})
     assert _verify(token, ring)["sub"] == "u"
+    es384 = jwt.encode(_claims(), pem384, algorithm="ES384", headers={"kid": "p384"})
+    assert _verify(es384, ring)["sub"] == "u"
     swapped = jwt.encode(_claims(), pem256, algorithm="ES256", headers={"kid": "p384"})
     with pytest.raises(TokenRejected):
         _verify(swapped, ring)
