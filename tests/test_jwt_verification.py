@@ -26,7 +26,8 @@ ALL = frozenset({"RS256", "PS256", "ES256", "ES384"})
 def _rsa(bits: int = 2048) -> tuple[str, dict[str, Any]]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
     public = jwk.construct(pem, "RS256").public_key().to_dict()
@@ -36,7 +37,8 @@ def _rsa(bits: int = 2048) -> tuple[str, dict[str, Any]]:
 def _ec(curve: ec.EllipticCurve, alg: str) -> tuple[Any, dict[str, Any]]:
     key = ec.generate_private_key(curve)
     pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
     return pem, jwk.construct(pem, alg).public_key().to_dict()

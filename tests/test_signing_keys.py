@@ -63,8 +63,11 @@ async def test_unsafe_discovery_documents_are_refused(
     ],
 )
 async def test_bad_jwks_documents_keep_the_old_keys(
-    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer,
-    response: httpx.Response, words: str,
+    make_settings: Callable[..., Any],
+    network: respx.MockRouter,
+    issuer: DevIssuer,
+    response: httpx.Response,
+    words: str,
 ) -> None:
     keys = await _keys(make_settings)
     await keys.load_once()
