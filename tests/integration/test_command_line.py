@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import ssl
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -149,3 +151,74 @@ def test_demo_prints_a_curl_line_that_works_as_printed() -> None:
         if demo.stdout is not None:
             demo.stdout.close()
     assert demo.returncode in (0, -signal.SIGINT)
+
+
+def test_serve_terminates_tls_itself_and_sends_hsts(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    tmp_path: Path,
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    _, server = videodb_server
+    settings = broker_settings(
+        idp, server.url, BROKER_TLS_CERT_FILE=str(cert), BROKER_TLS_KEY_FILE=str(key)
+    )
+    process = BrokerProcess(settings)
+    https_url = process.url.replace("http://", "https://")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                resp = httpx.get(
+                    https_url + "/healthz",
+                    verify=ssl.create_default_context(cafile=cert),
+                    timeout=1,
+                )
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.proc.poll() is not None:
+                    raise AssertionError(process.output()) from None
+                time.sleep(0.1)
+        assert resp.status_code == 200
+        assert resp.headers["strict-transport-security"].startswith("max-age=")
+    finally:
+        assert process.terminate() == 0
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
