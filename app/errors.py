@@ -115,9 +115,10 @@ class UpstreamUnavailable(BrokerError):
     code = "upstream_unavailable"
     title = "VideoDB unavailable"
 
-    def __init__(self, detail: str, retry_after: int) -> None:
+    def __init__(self, detail: str, retry_after: int, upstream_hint: int | None = None) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
         self.retry_after = max(1, retry_after)
+        self.upstream_hint = upstream_hint  # VideoDB's own Retry-After, when it sent one
 
 
 class UpstreamTimeout(BrokerError):

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Request
 
-from app import jwt_verification
+from app import jwt_verification, metrics
 from app.errors import (
+    BrokerError,
     CsrfFailed,
     InsufficientScope,
     InvalidToken,
@@ -104,22 +105,29 @@ class Authenticator:
 
     async def authenticate(self, request: Request) -> Principal:
         """The verified Principal behind this request, or an identity error."""
-        token, via_cookie = self._credential(request)
+        try:
+            token, via_cookie = self._credential(request)
+        except BrokerError as exc:
+            metrics.IDENTITY_FAILURES.labels(exc.code).inc()
+            raise
         try:
             claims = await self._verify(token)
         except TokenRejected as exc:
             log.info("identity_rejected", reason=exc.reason, jwt=fingerprint(token))
+            metrics.IDENTITY_FAILURES.labels(exc.reason).inc()
             raise InvalidToken(exc.detail) from None
         claim = self._settings.auth_user_claim
         user_id = claims.get(claim)
         if not _usable_user_id(user_id):
             log.info("identity_rejected", reason="user_claim", jwt=fingerprint(token))
+            metrics.IDENTITY_FAILURES.labels("user_claim").inc()
             raise InvalidToken(f"token has no usable '{claim}' claim (a non-empty string)")
         assert isinstance(user_id, str)
         scopes = _scopes(claims)
         missing = self._required_scopes - scopes
         if missing:
             log.info("identity_forbidden", reason="scope", user_id=user_id)
+            metrics.IDENTITY_FAILURES.labels("scope").inc()
             raise InsufficientScope(
                 "token lacks a required scope", " ".join(sorted(self._required_scopes))
             )

@@ -12,15 +12,22 @@ from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import __version__
+from app.cache_crypto import TokenSealer
+from app.circuit_breaker import CircuitBreaker
 from app.cors import ProblemCORSMiddleware, cors_middleware_options
 from app.errors import install_error_handlers
 from app.identity import Authenticator
 from app.logging_setup import configure_logging
+from app.metrics import MetricsMiddleware
+from app.rate_limit import UserRateLimiter
 from app.request_context import RequestContextMiddleware
+from app.resilient_upstream import ResilientVideoDB
 from app.routes_ops import router as ops_router
 from app.routes_token import router as token_router
 from app.settings import ConfigError, Settings, load_settings
+from app.shared_state import SharedState
 from app.signing_keys import signing_keys_for
+from app.token_cache import LocalTokenCache, SharedTokenStore
 from app.token_service import TokenService
 from app.videodb_client import VideoDBClient, build_http_client
 
@@ -48,10 +55,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     videodb = VideoDBClient(
         upstream_http, settings.videodb_api_key, settings.videodb_api, settings.upstream_timeout
     )
+    breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    shared = SharedState(redis_url) if redis_url else None
+    store = (
+        SharedTokenStore(shared, TokenSealer(settings.videodb_api_key.get_secret_value()))
+        if shared is not None
+        else None
+    )
     app.state.signing_keys = keys
+    app.state.breaker = breaker
+    app.state.shared_state = shared
     app.state.authenticator = Authenticator(settings, keys)
-    app.state.token_service = TokenService(videodb)
+    app.state.rate_limiter = UserRateLimiter(settings.rate_limit, shared, redis_url)
+    app.state.token_service = TokenService(
+        ResilientVideoDB(videodb, breaker, settings.upstream_timeout),
+        LocalTokenCache(settings.cache_max_entries),
+        store,
+        upstream_name=settings.videodb_api,
+        deadline=settings.upstream_timeout,
+    )
     await keys.start()
+    if shared is not None and not await shared.ping():
+        log.warning("redis_unreachable_at_start", fallback="in-process cache and limits")
     log.info(
         "broker_started",
         version=__version__,
@@ -62,6 +88,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await keys.stop()
+        if shared is not None:
+            await shared.close()
         await upstream_http.aclose()
         await idp_http.aclose()
         log.info("broker_stopped")
@@ -85,6 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     # Added innermost first: CORS sees requests after the request id is bound.
     app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
-    app.add_middleware(RequestContextMiddleware, quiet_paths=frozenset({"/healthz", "/readyz"}))
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware, quiet_paths=frozenset({"/healthz", "/readyz", "/metrics"})
+    )
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     return app

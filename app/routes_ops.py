@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from app import __version__
+from app import __version__, metrics
 from app.errors import problem_response
 
 router = APIRouter(tags=["operations"])
@@ -26,14 +26,25 @@ def readiness_checks(request: Request) -> dict[str, str]:
     else:
         error = getattr(keys, "last_error", None)
         checks["signing_keys"] = f"not loaded ({error})" if error else "not loaded yet"
+    state = request.app.state.breaker.state
+    checks["upstream_circuit"] = "ok" if state != "open" else "open (VideoDB failing)"
+    shared = request.app.state.shared_state
+    if shared is not None:
+        # Informational: without Redis the broker still serves, per process.
+        checks["redis"] = "ok" if shared.healthy else "degraded (serving from process memory)"
     return checks
+
+
+_INFORMATIONAL = {"redis"}
 
 
 @router.get("/readyz", summary="Readiness: 200 when tokens can be issued, else 503")
 async def readyz(request: Request) -> JSONResponse:
     """Ready when configuration is valid and signing keys are loaded."""
     checks = readiness_checks(request)
-    failing = sorted(name for name, state in checks.items() if state != "ok")
+    failing = sorted(
+        name for name, state in checks.items() if state != "ok" and name not in _INFORMATIONAL
+    )
     if not failing:
         return JSONResponse({"status": "ready", "checks": checks})
     return problem_response(
@@ -44,3 +55,13 @@ async def readyz(request: Request) -> JSONResponse:
         headers={"Retry-After": "5"},
         extra={"checks": checks},
     )
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format; probes Redis first so its gauge is current."""
+    shared = request.app.state.shared_state
+    if shared is not None and not shared.healthy:
+        await shared.ping()
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

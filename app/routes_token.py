@@ -14,13 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.errors import PROBLEM_CONTENT_TYPE, InvalidRequest, PayloadTooLarge
 from app.fingerprint import fingerprint
 from app.identity import CurrentUser
+from app.rate_limit import UserRateLimiter
 from app.settings import Settings
 from app.token_service import TokenService
 
 MAX_BODY_BYTES = 1024
 TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
 
-log = structlog.get_logger("app.routes_token")
+MAX_USER_AGENT_CHARS = 256
+
+audit_log = structlog.get_logger("app.audit")
 router = APIRouter(tags=["tokens"])
 
 
@@ -43,6 +46,12 @@ def get_settings_dep(request: Request) -> Settings:
     """The settings the app was built with."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_rate_limiter(request: Request) -> UserRateLimiter:
+    """The app's per-user limiter, built in its lifespan."""
+    limiter: UserRateLimiter = request.app.state.rate_limiter
+    return limiter
 
 
 def get_token_service(request: Request) -> TokenService:
@@ -116,18 +125,22 @@ async def create_session_token(
     user: CurrentUser,
     settings: Annotated[Settings, Depends(get_settings_dep)],
     service: Annotated[TokenService, Depends(get_token_service)],
+    limiter: Annotated[UserRateLimiter, Depends(get_rate_limiter)],
 ) -> JSONResponse:
     """Authenticate the end user, then return a session token bound to them."""
     ttl = requested_ttl(await _read_body(request), settings)
+    await limiter.check(user.user_id)
     issued = await service.issue(user.user_id, ttl)
     expires_at = issued.minted.expires_at
     expires_in = max(0, expires_at - int(time.time()))
-    log.info(
+    audit_log.info(
         "token_issued",
         user_id=user.user_id,
         requested_ttl=ttl,
         granted_ttl=expires_in,
         source=issued.source,
+        client_ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent", "")[:MAX_USER_AGENT_CHARS],
         token=fingerprint(issued.minted.token),
     )
     return JSONResponse(

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     upstream_timeout: float = Field(default=5.0, gt=0, le=60)
     cache_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    circuit_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    circuit_reset_seconds: float = Field(default=15.0, gt=0, le=600)
 
     tls_cert_file: str | None = None
     tls_key_file: str | None = None

@@ -12,6 +12,7 @@ from typing import Protocol
 import httpx
 import structlog
 
+from app import metrics
 from app.jwt_verification import KeyRing, build_key_ring, build_shared_secret_ring
 from app.settings import Settings, require_secure_url
 
@@ -139,7 +140,7 @@ class JwksKeys:
     async def load_once(self) -> None:
         """Fetch the keys now; raise KeyFetchError when that fails."""
         async with self._lock:
-            await self._fetch()
+            await self._fetch("check")
 
     async def refresh_for_unknown_kid(self) -> None:
         """Refetch because a token named a kid we do not hold, at most once per cool-down."""
@@ -150,7 +151,7 @@ class JwksKeys:
                 return  # someone else refreshed while we waited for the lock
             self._last_unknown_kid_fetch = time.monotonic()
             try:
-                await self._fetch()
+                await self._fetch("unknown_kid")
             except KeyFetchError as exc:
                 log.warning("jwks_refresh_failed", trigger="unknown_kid", error=str(exc))
 
@@ -159,7 +160,7 @@ class JwksKeys:
         while True:
             try:
                 async with self._lock:
-                    await self._fetch()
+                    await self._fetch("schedule")
             except KeyFetchError as exc:
                 log.warning(
                     "jwks_refresh_failed",
@@ -186,8 +187,16 @@ class JwksKeys:
         except ValueError as exc:
             raise KeyFetchError(f"discovery jwks_uri refused: {exc}") from None
 
-    async def _fetch(self) -> None:
+    async def _fetch(self, trigger: str) -> None:
         self.fetches += 1
+        try:
+            await self._fetch_and_build()
+        except KeyFetchError:
+            metrics.KEY_REFRESHES.labels(trigger, "failed").inc()
+            raise
+        metrics.KEY_REFRESHES.labels(trigger, "ok").inc()
+
+    async def _fetch_and_build(self) -> None:
         try:
             url = self._jwks_url or await self._discover()
             document = await _get_json(self._client, url)

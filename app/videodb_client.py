@@ -44,11 +44,11 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
-def retry_after_seconds(value: str | None) -> int:
-    """A short, numeric Retry-After from VideoDB, else our default."""
+def retry_after_hint(value: str | None) -> int | None:
+    """VideoDB's Retry-After in seconds when it is a plain number, capped; else None."""
     if value is not None and value.strip().isdigit():
         return min(max(int(value.strip()), 1), MAX_HONOURED_RETRY_AFTER)
-    return DEFAULT_RETRY_AFTER
+    return None
 
 
 def _number(value: object) -> float | None:
@@ -86,11 +86,11 @@ class VideoDBClient:
         self._url = base_url + TOKEN_PATH
         self._timeout = timeout
 
-    async def mint(self, user_id: str, expires_in: int) -> MintedToken:
+    async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
         """Ask VideoDB for a token; raise UpstreamError/Unavailable/Timeout on any failure."""
         sent_at = time.time()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(budget or self._timeout):
                 status, headers, body = await self._post(user_id, expires_in)
         except (TimeoutError, httpx.TimeoutException):
             log.warning("videodb_timeout", timeout_s=self._timeout)
@@ -123,10 +123,11 @@ class VideoDBClient:
         self, status: int, headers: httpx.Headers, body: bytes, sent_at: float, requested: int
     ) -> MintedToken:
         if status == 429 or status >= 500:
-            retry = retry_after_seconds(headers.get("retry-after"))
-            log.warning("videodb_unavailable", status=status, retry_after_s=retry)
+            hint = retry_after_hint(headers.get("retry-after"))
+            retry = hint or DEFAULT_RETRY_AFTER
+            log.warning("videodb_unavailable", status=status, retry_after_s=hint)
             raise UpstreamUnavailable(
-                f"VideoDB is unavailable (HTTP {status}); retry after {retry} s.", retry
+                f"VideoDB is unavailable (HTTP {status}); retry after {retry} s.", retry, hint
             )
         if status in (401, 403):
             # VideoDB refused our key: an operator problem, never the end user's.

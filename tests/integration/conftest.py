@@ -68,6 +68,8 @@ def broker_settings(idp: FakeIdentityProvider, videodb_url: str, **extra: str) -
         "BROKER_CORS_ORIGINS": APP_ORIGIN,
         "BROKER_UPSTREAM_TIMEOUT": "1",
         "BROKER_TRUSTED_PROXIES": "127.0.0.1",
+        "BROKER_CIRCUIT_FAILURE_THRESHOLD": "1000",  # the breaker has its own tests
+        "BROKER_RATE_LIMIT": "1000/minute",
         **extra,
     }
 

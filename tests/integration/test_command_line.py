@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
-import ssl
 import signal
+import ssl
 import subprocess
 import sys
 import threading

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 import pytest
@@ -23,15 +24,18 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
-def _bearer(idp: FakeIdentityProvider, user: str = "user-1") -> dict[str, str]:
-    token = idp.issuers[-1].mint(user, AUDIENCE)
+def _bearer(idp: FakeIdentityProvider, user: str | None = None) -> dict[str, str]:
+    """A bearer for a fresh user, so that no cached token hides what VideoDB does."""
+    token = idp.issuers[-1].mint(user or f"user-{uuid.uuid4().hex[:10]}", AUDIENCE)
     return {"Authorization": f"Bearer {token}"}
 
 
 def test_desktop_app_gets_a_token_over_http(
     broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
 ) -> None:
-    resp = httpx.post(broker.url + TOKEN_PATH, json={"expires_in": 600}, headers=_bearer(idp))
+    resp = httpx.post(
+        broker.url + TOKEN_PATH, json={"expires_in": 600}, headers=_bearer(idp, "user-1")
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["token"].startswith("st-")
@@ -276,7 +280,11 @@ def test_health_and_readiness(broker: BrokerProcess) -> None:
     assert health.json()["status"] == "ok"
     assert health.json()["version"]
     ready = httpx.get(broker.url + "/readyz")
-    assert ready.json()["checks"] == {"configuration": "ok", "signing_keys": "ok"}
+    assert ready.json()["checks"] == {
+        "configuration": "ok",
+        "signing_keys": "ok",
+        "upstream_circuit": "ok",
+    }
 
 
 def test_hsts_only_for_https_seen_through_a_trusted_proxy(broker: BrokerProcess) -> None:

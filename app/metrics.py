@@ -1,0 +1,105 @@
+"""Prometheus metrics, prefixed broker_, correct across `--workers N` (multiprocess mode)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+HTTP_REQUESTS = Counter(
+    "broker_http_requests_total",
+    "HTTP requests by route, method and status",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "broker_http_request_duration_seconds",
+    "Time to answer, by route",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TOKENS_ISSUED = Counter(
+    "broker_tokens_issued_total", "Tokens handed out, by source (cache, upstream)", ["source"]
+)
+UPSTREAM_LATENCY = Histogram(
+    "broker_upstream_latency_seconds",
+    "Latency of one VideoDB call",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+UPSTREAM_OUTCOMES = Counter(
+    "broker_upstream_requests_total",
+    "VideoDB calls by outcome (ok, unavailable, error, timeout, circuit_open)",
+    ["outcome"],
+)
+IDENTITY_FAILURES = Counter(
+    "broker_identity_failures_total", "Refused credentials by reason", ["reason"]
+)
+RATE_LIMITED = Counter("broker_rate_limited_total", "Requests refused by the per-user limit")
+CACHE_ENTRIES = Gauge(
+    "broker_cache_entries", "Tokens held for reuse in this process", multiprocess_mode="livesum"
+)
+CIRCUIT_STATE = Gauge(
+    "broker_upstream_circuit_state",
+    "VideoDB circuit: 0 closed, 1 half-open, 2 open",
+    multiprocess_mode="livemax",
+)
+KEY_REFRESHES = Counter(
+    "broker_signing_key_refreshes_total",
+    "JWKS fetches by trigger and outcome",
+    ["trigger", "outcome"],
+)
+REDIS_UP = Gauge(
+    "broker_redis_up",
+    "1 when the shared Redis answers (or none is configured), else 0",
+    multiprocess_mode="livemin",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, summed across worker processes when there are several."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Count and time every HTTP request by its route template (bounded label values)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
+            HTTP_DURATION.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,84 @@
+"""The optional Redis shared by replicas, and its health: degrade, log once, recover."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as redis
+import structlog
+from limits.errors import StorageError
+from redis.exceptions import RedisError
+
+from app import metrics
+
+REDIS_TIMEOUT_SECONDS = 0.25
+RETRY_AFTER_FAILURE_SECONDS = 2.0
+
+T = TypeVar("T")
+log = structlog.get_logger("app.shared_state")
+
+
+class SharedState:
+    """A Redis client with a short timeout; while Redis is down, callers fall back locally."""
+
+    def __init__(self, url: str) -> None:
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        metrics.REDIS_UP.set(1)
+
+    @property
+    def available(self) -> bool:
+        """False while an incident is on and the next probe is not yet due."""
+        return self._down_since is None or time.monotonic() >= self._retry_at
+
+    @property
+    def healthy(self) -> bool:
+        """No incident open."""
+        return self._down_since is None
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a Redis operation; None (and an incident) if Redis fails or is skipped."""
+        if not self.available:
+            return None
+        try:
+            result = await operation()
+        except (RedisError, StorageError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            metrics.REDIS_UP.set(0)
+            log.warning(
+                "redis_unavailable",
+                error_type=type(exc).__name__,
+                fallback="in-process cache and limits",
+            )
+        self._retry_at = now + RETRY_AFTER_FAILURE_SECONDS
+
+    def _succeeded(self) -> None:
+        if self._down_since is not None:
+            log.info("redis_recovered", outage_s=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
+            metrics.REDIS_UP.set(1)
+
+    async def ping(self) -> bool:
+        """Probe Redis now (used by readiness and start-up)."""
+        self._retry_at = 0.0
+        return bool(await self.run(self.client.ping))
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,152 @@
+"""Token reuse and coalescing: in process always, shared through Redis when configured."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar, cast
+
+from cachetools import TLRUCache
+
+from app import metrics
+from app.cache_crypto import CacheSealError, TokenSealer
+from app.shared_state import SharedState
+
+T = TypeVar("T")
+KEY_PREFIX = "vtb:v1"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    """A token as kept for reuse."""
+
+    token: str
+    expires_at: int
+    minted_at: float
+
+    @property
+    def reuse_until(self) -> float:
+        """Reusable while at least half of its lifetime is left."""
+        return self.expires_at - (self.expires_at - self.minted_at) / 2
+
+
+def cache_key(user_id: str, ttl: int, upstream: str) -> str:
+    """Every parameter that changes the minted token, hashed (no user id in Redis keys)."""
+    material = json.dumps([user_id, ttl, upstream], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()[:40]
+
+
+class LocalTokenCache:
+    """A bounded, time-aware LRU of tokens in this process."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: TLRUCache[str, CachedToken] | None = (
+            TLRUCache(maxsize=max_entries, ttu=lambda _k, v, _now: v.reuse_until, timer=time.time)
+            if max_entries > 0
+            else None
+        )
+
+    def get(self, key: str) -> CachedToken | None:
+        if self._entries is None:
+            return None
+        found = self._entries.get(key)
+        return found if found is not None and time.time() < found.reuse_until else None
+
+    def put(self, key: str, value: CachedToken) -> None:
+        if self._entries is None or time.time() >= value.reuse_until:
+            return
+        self._entries[key] = value
+        metrics.CACHE_ENTRIES.set(len(self._entries))
+
+    def __len__(self) -> int:
+        return 0 if self._entries is None else len(self._entries)
+
+
+class Singleflight:
+    """Concurrent calls with the same key share one execution, its result or its error."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Future[object]] = {}
+
+    async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """(result, shared): shared is True for callers that joined someone else's flight."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            return cast(T, await asyncio.shield(flight)), True
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            result = await work()
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # mark retrieved: nobody else may be waiting
+            raise
+        else:
+            flight.set_result(result)
+            return result, False
+        finally:
+            del self._flights[key]
+
+
+class SharedTokenStore:
+    """Sealed tokens, a mint lock and failure markers in Redis, shared by replicas."""
+
+    def __init__(self, shared: SharedState, sealer: TokenSealer) -> None:
+        self._shared = shared
+        self._sealer = sealer
+
+    @property
+    def usable(self) -> bool:
+        return self._shared.available
+
+    async def get(self, key: str) -> CachedToken | None:
+        redis_key = f"{KEY_PREFIX}:tok:{key}"
+        sealed = await self._shared.run(lambda: self._shared.client.get(redis_key))
+        if not isinstance(sealed, bytes):
+            return None
+        try:
+            value = CachedToken(**json.loads(self._sealer.open(sealed, redis_key.encode())))
+        except (CacheSealError, ValueError, TypeError):
+            return None  # tampered or from another key: mint afresh
+        return value if time.time() < value.reuse_until else None
+
+    async def put(self, key: str, value: CachedToken) -> None:
+        redis_key = f"{KEY_PREFIX}:tok:{key}"
+        keep_ms = int((value.reuse_until - time.time()) * 1000)
+        if keep_ms <= 0:
+            return
+        sealed = self._sealer.seal(json.dumps(asdict(value)).encode(), redis_key.encode())
+        await self._shared.run(lambda: self._shared.client.set(redis_key, sealed, px=keep_ms))
+
+    async def try_lock(self, key: str, hold_ms: int) -> bool | None:
+        """True: we mint; False: another replica does; None: Redis unusable."""
+        lock_key = f"{KEY_PREFIX}:lock:{key}"
+        result = await self._shared.run(
+            lambda: self._shared.client.set(lock_key, b"1", nx=True, px=hold_ms)
+        )
+        if result is None and not self._shared.healthy:
+            return None
+        return bool(result)
+
+    async def unlock(self, key: str) -> None:
+        await self._shared.run(lambda: self._shared.client.delete(f"{KEY_PREFIX}:lock:{key}"))
+
+    async def mark_failed(self, key: str, code: str, hold_ms: int = 1000) -> None:
+        """Tell waiting replicas the shared call failed (kept only briefly: never cached)."""
+        await self._shared.run(
+            lambda: self._shared.client.set(f"{KEY_PREFIX}:fail:{key}", code.encode(), px=hold_ms)
+        )
+
+    async def failure(self, key: str) -> str | None:
+        raw = await self._shared.run(lambda: self._shared.client.get(f"{KEY_PREFIX}:fail:{key}"))
+        return raw.decode() if isinstance(raw, bytes) else None
+
+    async def locked(self, key: str) -> bool:
+        exists = await self._shared.run(
+            lambda: self._shared.client.exists(f"{KEY_PREFIX}:lock:{key}")
+        )
+        return bool(exists)
