@@ -1,0 +1,65 @@
+"""A real redis-server on a loopback port, which tests can kill and restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+
+from tests.fakes.broker_process import free_port
+
+
+def require_binary(name: str) -> str:
+    """The binary's path; in CI (BROKER_TESTS_REQUIRE_ALL=1) a missing one fails the test."""
+    path = shutil.which(name)
+    if path is None and os.path.exists(f"/usr/bin/{name}"):
+        path = f"/usr/bin/{name}"
+    if path is None:
+        message = f"{name} is not installed (apt-get install {name})"
+        if os.environ.get("BROKER_TESTS_REQUIRE_ALL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class RedisServer:
+    """redis-server without persistence, on a free port."""
+
+    def __init__(self) -> None:
+        self.binary = require_binary("redis-server")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self._dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: as abrupt as a crashed node."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=1)

@@ -1,0 +1,109 @@
+"""Per-user limits, the metrics endpoint, and the audit line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import respx
+
+from app.sandbox.dev_issuer import DevIssuer
+from tests.conftest import AUDIENCE, TOKEN_PATH, bearer
+
+Build = Callable[..., Any]
+
+
+async def test_over_the_limit_is_429_with_retry_after_per_user(
+    app_client: Build, make_settings: Callable[..., Any], issuer: DevIssuer,
+    network: respx.MockRouter,
+) -> None:
+    client = await app_client(make_settings(rate_limit="3/minute"))
+    ada = bearer(issuer.mint("ada", AUDIENCE))
+    for _ in range(3):
+        assert (await client.post(TOKEN_PATH, headers=ada)).status_code == 200
+    limited = await client.post(TOKEN_PATH, headers=ada)
+    assert limited.status_code == 429
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    bob = bearer(issuer.mint("bob", AUDIENCE))
+    assert (await client.post(TOKEN_PATH, headers=bob)).status_code == 200
+
+
+async def test_metrics_are_exposed_with_the_broker_prefix(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    ada = bearer(issuer.mint("metrics-user", AUDIENCE))
+    await client.post(TOKEN_PATH, headers=ada)
+    await client.post(TOKEN_PATH, headers=ada)
+    await client.post(TOKEN_PATH, headers=bearer("not-a-jwt"))
+    resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    for name in (
+        "broker_http_requests_total",
+        "broker_http_request_duration_seconds",
+        "broker_tokens_issued_total",
+        "broker_upstream_latency_seconds",
+        "broker_upstream_requests_total",
+        "broker_identity_failures_total",
+        "broker_rate_limited_total",
+        "broker_cache_entries",
+        "broker_upstream_circuit_state",
+        "broker_signing_key_refreshes_total",
+    ):
+        assert name in text, name
+    assert 'broker_tokens_issued_total{source="cache"}' in text
+    assert 'broker_identity_failures_total{reason="malformed"}' in text
+    assert 'route="/v1/capture/session/token"' in text
+    assert "sk-" not in text
+
+
+async def test_unmatched_paths_do_not_grow_label_sets(
+    app_client: Build, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    for i in range(5):
+        await client.get(f"/probe-{i}")
+    text = (await client.get("/metrics")).text
+    assert "probe-" not in text
+    assert 'route="unmatched"' in text
+
+
+async def test_audit_line_for_every_issued_token(
+    app_client: Build, make_settings: Callable[..., Any], issuer: DevIssuer,
+    network: respx.MockRouter, capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = await app_client(make_settings(trusted_proxies=["127.0.0.1"]))
+    headers = {
+        **bearer(issuer.mint("audited", AUDIENCE)),
+        "User-Agent": "CaptureApp/2.1",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    resp = await client.post(TOKEN_PATH, json={"expires_in": 600}, headers=headers)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    (audit,) = [r for r in lines if r.get("logger") == "app.audit"]
+    assert audit["event"] == "token_issued"
+    assert audit["user_id"] == "audited"
+    assert audit["requested_ttl"] == 600
+    assert 598 <= audit["granted_ttl"] <= 600
+    assert audit["source"] == "upstream"
+    assert audit["client_ip"] == "203.0.113.9"
+    assert audit["user_agent"] == "CaptureApp/2.1"
+    assert audit["token"].startswith("sha256:")
+    assert audit["request_id"] == resp.headers["x-request-id"]
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = await app_client()  # no trusted proxies
+    headers = {**bearer(issuer.mint("spoofer", AUDIENCE)), "X-Forwarded-For": "198.51.100.1"}
+    await client.post(TOKEN_PATH, headers=headers)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    (audit,) = [r for r in lines if r.get("logger") == "app.audit"]
+    assert audit["client_ip"] == "127.0.0.1"
