@@ -16,7 +16,9 @@ Build = Callable[..., Any]
 
 
 async def test_over_the_limit_is_429_with_retry_after_per_user(
-    app_client: Build, make_settings: Callable[..., Any], issuer: DevIssuer,
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
     network: respx.MockRouter,
 ) -> None:
     client = await app_client(make_settings(rate_limit="3/minute"))
@@ -74,8 +76,11 @@ async def test_unmatched_paths_do_not_grow_label_sets(
 
 
 async def test_audit_line_for_every_issued_token(
-    app_client: Build, make_settings: Callable[..., Any], issuer: DevIssuer,
-    network: respx.MockRouter, capsys: pytest.CaptureFixture[str],
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     client = await app_client(make_settings(trusted_proxies=["127.0.0.1"]))
     headers = {
@@ -98,7 +103,9 @@ async def test_audit_line_for_every_issued_token(
 
 
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
-    app_client: Build, issuer: DevIssuer, network: respx.MockRouter,
+    app_client: Build,
+    issuer: DevIssuer,
+    network: respx.MockRouter,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     client = await app_client()  # no trusted proxies

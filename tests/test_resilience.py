@@ -37,9 +37,7 @@ def _sequence(*responses: Any) -> Callable[[httpx.Request], httpx.Response]:
 async def test_transient_failures_are_retried_within_the_deadline(
     app_client: Build, issuer: DevIssuer, network: respx.MockRouter
 ) -> None:
-    network["videodb"].mock(
-        side_effect=_sequence(httpx.ConnectError("reset"), httpx.Response(502))
-    )
+    network["videodb"].mock(side_effect=_sequence(httpx.ConnectError("reset"), httpx.Response(502)))
     client = await app_client()
     resp = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("u", AUDIENCE)))
     assert resp.status_code == 200
@@ -81,7 +79,9 @@ async def test_refusals_are_not_retried(
 
 
 async def test_an_outage_costs_videodb_few_calls_and_readiness_shows_it(
-    app_client: Build, make_settings: Callable[..., Any], issuer: DevIssuer,
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
     network: respx.MockRouter,
 ) -> None:
     network["videodb"].mock(return_value=httpx.Response(500))

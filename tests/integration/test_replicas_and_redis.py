@@ -50,8 +50,10 @@ def _token(idp: FakeIdentityProvider, user: str) -> dict[str, str]:
 
 
 def test_two_replicas_share_one_upstream_call_and_the_cache(
-    idp: FakeIdentityProvider, videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], redis_server: RedisServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
     videodb.delay = 0.3
@@ -59,10 +61,14 @@ def test_two_replicas_share_one_upstream_call_and_the_cache(
     try:
         headers = _token(idp, "shared-user")
         with ThreadPoolExecutor(max_workers=40) as pool:
-            responses = list(pool.map(
-                lambda i: httpx.post(replicas[i % 2].url + TOKEN_PATH, headers=headers, timeout=10),
-                range(40),
-            ))
+            responses = list(
+                pool.map(
+                    lambda i: httpx.post(
+                        replicas[i % 2].url + TOKEN_PATH, headers=headers, timeout=10
+                    ),
+                    range(40),
+                )
+            )
         assert {r.status_code for r in responses} == {200}
         assert len({r.json()["token"] for r in responses}) == 1
         assert len(videodb.calls) == 1
@@ -79,8 +85,10 @@ def test_two_replicas_share_one_upstream_call_and_the_cache(
 
 
 def test_limits_are_counted_across_replicas(
-    idp: FakeIdentityProvider, videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], redis_server: RedisServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
     replicas = _replicas(2, idp, server.url, redis_server.url, BROKER_RATE_LIMIT="4/minute")
@@ -96,8 +104,10 @@ def test_limits_are_counted_across_replicas(
 
 
 def test_redis_killed_mid_run_then_restarted(
-    idp: FakeIdentityProvider, videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], redis_server: RedisServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
     (broker,) = _replicas(1, idp, server.url, redis_server.url)
@@ -130,8 +140,10 @@ def test_redis_killed_mid_run_then_restarted(
 
 
 def test_a_replica_killed_mid_load_loses_no_request_on_the_other(
-    idp: FakeIdentityProvider, videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], redis_server: RedisServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
     videodb.delay = 0.05
