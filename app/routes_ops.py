@@ -38,7 +38,11 @@ def readiness_checks(request: Request) -> dict[str, str]:
 _INFORMATIONAL = {"redis"}
 
 
-@router.get("/readyz", summary="Readiness: 200 when tokens can be issued, else 503")
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 when tokens can be issued, else 503",
+    responses={503: {"description": "not ready", "content": {"application/problem+json": {}}}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when configuration is valid and signing keys are loaded."""
     checks = readiness_checks(request)

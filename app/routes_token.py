@@ -7,9 +7,9 @@ import time
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.errors import PROBLEM_CONTENT_TYPE, InvalidRequest, PayloadTooLarge
 from app.fingerprint import fingerprint
@@ -25,13 +25,6 @@ MAX_USER_AGENT_CHARS = 256
 
 audit_log = structlog.get_logger("app.audit")
 router = APIRouter(tags=["tokens"])
-
-
-class TokenRequest(BaseModel):
-    """Optional body: the lifetime the client would like, in seconds."""
-
-    model_config = ConfigDict(extra="forbid")
-    expires_in: int | None = Field(default=None, description="requested lifetime in seconds")
 
 
 class TokenResponse(BaseModel):
@@ -91,6 +84,8 @@ def requested_ttl(body: bytes, settings: Settings) -> int:
     if "expires_in" not in document:
         return settings.token_default_ttl
     ttl = document["expires_in"]
+    if isinstance(ttl, float) and ttl.is_integer():
+        ttl = int(ttl)  # JSON Schema counts 600.0 as an integer, so do we
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not low <= ttl <= high:
         raise InvalidRequest(f"expires_in must be an integer from {low} to {high} seconds.")
     return ttl
@@ -103,12 +98,7 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
     TOKEN_PATH,
     response_model=TokenResponse,
     summary="Mint a short-lived VideoDB session token for the authenticated user",
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra={"requestBody": {"required": False, "content": {"application/json": {}}}},
     responses={
         401: {"description": "missing_token / invalid_token", **_PROBLEM},
         403: {"description": "insufficient_scope / csrf_failed / origin_not_allowed", **_PROBLEM},
@@ -147,3 +137,29 @@ async def create_session_token(
         {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in},
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
     )
+
+
+def document_request_body(app: FastAPI, settings: Settings) -> None:
+    """Publish the body schema with this deployment's lifetime range in the OpenAPI document."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            body = schema["paths"][TOKEN_PATH]["post"]["requestBody"]["content"]
+            body["application/json"]["schema"] = {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "expires_in": {
+                        "type": "integer",
+                        "minimum": settings.token_min_ttl,
+                        "maximum": settings.token_max_ttl,
+                        "description": "requested lifetime in seconds "
+                        f"(default {settings.token_default_ttl})",
+                    }
+                },
+            }
+        return app.openapi_schema or original()
+
+    app.openapi = openapi  # type: ignore[method-assign]
