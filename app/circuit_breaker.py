@@ -21,7 +21,7 @@ from app.errors import UpstreamTimeout, UpstreamUnavailable
 State = Literal["closed", "open", "half_open"]
 _GAUGE = {"closed": 0, "half_open": 1, "open": 2}
 
-log = structlog.get_logger("app.circuit_breaker")
+log = structlog.get_logger(logger_name="app.circuit_breaker")
 
 
 class CircuitOpen(UpstreamUnavailable):

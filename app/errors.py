@@ -17,7 +17,7 @@ from app.request_context import current_request_id
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:videodb-token-broker:problem:"
 
-log = structlog.get_logger("app.errors")
+log = structlog.get_logger(logger_name="app.errors")
 
 
 class BrokerError(Exception):

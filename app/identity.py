@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import structlog
+from cachetools import TLRUCache
 from fastapi import Depends, Request
 
 from app import jwt_verification, metrics
@@ -23,8 +26,10 @@ from app.settings import Settings
 from app.signing_keys import SigningKeys
 
 MAX_USER_ID_CHARS = 256
+VERIFIED_CACHE_ENTRIES = 10_000
+VERIFIED_CACHE_MAX_SECONDS = 300.0
 
-log = structlog.get_logger("app.identity")
+log = structlog.get_logger(logger_name="app.identity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +61,44 @@ def _usable_user_id(value: object) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    user_id: str
+    scopes: frozenset[str]
+    ring_id: int
+    valid_until: float
+
+
+class VerifiedTokens:
+    """Tokens that already passed every check, by SHA-256, until their exp (5 min at most).
+
+    Desktop apps present the same JWT on every call; verifying its RSA signature and claims
+    again each time was the largest cost of a cache hit (docs/performance.md). An entry is
+    void once the key ring changes, so a key the IdP withdrew stops working at the next fetch.
+    """
+
+    def __init__(self, max_entries: int = VERIFIED_CACHE_ENTRIES) -> None:
+        self._entries: TLRUCache[bytes, _Verified] = TLRUCache(
+            maxsize=max_entries, ttu=lambda _k, v, _now: v.valid_until, timer=time.time
+        )
+
+    def get(self, token: str, ring_id: int) -> _Verified | None:
+        found = self._entries.get(hashlib.sha256(token.encode()).digest())
+        if found is None or found.ring_id != ring_id or time.time() >= found.valid_until:
+            return None
+        return found
+
+    def put(self, token: str, value: _Verified) -> None:
+        self._entries[hashlib.sha256(token.encode()).digest()] = value
+
+
 class Authenticator:
     """Reads the credential, checks it against the signing keys and the configured claims."""
 
     def __init__(self, settings: Settings, keys: SigningKeys) -> None:
         self._settings = settings
         self._keys = keys
+        self._verified = VerifiedTokens()
         self._allowed = frozenset(settings.auth_algorithms)
         self._required_scopes = frozenset(settings.auth_required_scopes)
         self._allowed_origins = frozenset(settings.cors_origins)
@@ -110,12 +147,23 @@ class Authenticator:
         except BrokerError as exc:
             metrics.IDENTITY_FAILURES.labels(exc.code).inc()
             raise
+        ring_id = id(self._keys.ring)
+        known = self._verified.get(token, ring_id)
+        if known is not None:
+            return Principal(known.user_id, known.scopes, via_cookie)
+        return self._principal(token, await self._claims(token), ring_id, via_cookie)
+
+    async def _claims(self, token: str) -> dict[str, Any]:
         try:
-            claims = await self._verify(token)
+            return await self._verify(token)
         except TokenRejected as exc:
             log.info("identity_rejected", reason=exc.reason, jwt=fingerprint(token))
             metrics.IDENTITY_FAILURES.labels(exc.reason).inc()
             raise InvalidToken(exc.detail) from None
+
+    def _principal(
+        self, token: str, claims: dict[str, Any], ring_id: int, via_cookie: bool
+    ) -> Principal:
         claim = self._settings.auth_user_claim
         user_id = claims.get(claim)
         if not _usable_user_id(user_id):
@@ -131,19 +179,17 @@ class Authenticator:
             raise InsufficientScope(
                 "token lacks a required scope", " ".join(sorted(self._required_scopes))
             )
+        valid_until = min(
+            float(claims["exp"]) + self._settings.auth_leeway_seconds,
+            time.time() + VERIFIED_CACHE_MAX_SECONDS,
+        )
+        self._verified.put(token, _Verified(user_id, scopes, ring_id, valid_until))
         return Principal(user_id=user_id, scopes=scopes, via_cookie=via_cookie)
 
 
-def get_authenticator(request: Request) -> Authenticator:
-    """The app's authenticator, built in its lifespan."""
+async def authenticate(request: Request) -> Principal:
+    """Dependency: the verified end user, by the authenticator the lifespan built."""
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator
-
-
-async def authenticate(
-    request: Request, authenticator: Annotated[Authenticator, Depends(get_authenticator)]
-) -> Principal:
-    """Dependency: the verified end user."""
     return await authenticator.authenticate(request)
 
 

@@ -21,6 +21,23 @@ def _scrub_secrets(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+class _CurrentStdout:
+    """Whatever sys.stdout is at write time (loggers are cached; tests swap stdout)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def _name_field(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """Our loggers carry their name as logger_name (`logger` is taken by structlog's API)."""
+    if "logger_name" in event:
+        event["logger"] = event.pop("logger_name")
+    return event
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send every log record, ours and uvicorn's, through one structlog pipeline."""
     shared: list[Processor] = [
@@ -35,10 +52,20 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # Our own loggers skip the stdlib machinery (measured: about a quarter of the cost of a
+    # cache hit went to it); records from uvicorn and libraries go through ProcessorFormatter.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _name_field,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _scrub_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.WriteLoggerFactory(file=_CurrentStdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -18,12 +18,11 @@ from app.cors import ProblemCORSMiddleware, cors_middleware_options
 from app.errors import install_error_handlers
 from app.identity import Authenticator
 from app.logging_setup import configure_logging
-from app.metrics import MetricsMiddleware
 from app.rate_limit import UserRateLimiter
 from app.request_context import RequestContextMiddleware
 from app.resilient_upstream import ResilientVideoDB
 from app.routes_ops import router as ops_router
-from app.routes_token import document_request_body
+from app.routes_token import TokenEndpointServices, document_request_body
 from app.routes_token import router as token_router
 from app.settings import ConfigError, Settings, load_settings
 from app.shared_state import SharedState
@@ -34,7 +33,7 @@ from app.videodb_client import VideoDBClient, build_http_client
 
 IDP_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
-log = structlog.get_logger("app.main")
+log = structlog.get_logger(logger_name="app.main")
 
 
 def settings_or_exit() -> Settings:
@@ -68,13 +67,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.breaker = breaker
     app.state.shared_state = shared
     app.state.authenticator = Authenticator(settings, keys)
-    app.state.rate_limiter = UserRateLimiter(settings.rate_limit, shared, redis_url)
-    app.state.token_service = TokenService(
-        ResilientVideoDB(videodb, breaker, settings.upstream_timeout),
-        LocalTokenCache(settings.cache_max_entries),
-        store,
-        upstream_name=settings.videodb_api,
-        deadline=settings.upstream_timeout,
+    app.state.token_endpoint = TokenEndpointServices(
+        settings=settings,
+        limiter=UserRateLimiter(settings.rate_limit, shared, redis_url),
+        tokens=TokenService(
+            ResilientVideoDB(videodb, breaker, settings.upstream_timeout),
+            LocalTokenCache(settings.cache_max_entries),
+            store,
+            upstream_name=settings.videodb_api,
+            deadline=settings.upstream_timeout,
+        ),
     )
     await keys.start()
     if shared is not None and not await shared.ping():
@@ -113,11 +115,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(token_router)
     app.include_router(ops_router)
     document_request_body(app, settings)
-    # Added innermost first: CORS sees requests after the request id is bound.
-    app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
-    app.add_middleware(MetricsMiddleware)
+    # Added innermost first: CORS sees requests after the request id is bound. Layers with
+    # nothing to do are left out: each costs every request (docs/performance.md).
+    if settings.cors_origins:
+        app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
     app.add_middleware(
         RequestContextMiddleware, quiet_paths=frozenset({"/healthz", "/readyz", "/metrics"})
     )
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     return app

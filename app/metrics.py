@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,7 +13,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -77,29 +76,8 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-class MetricsMiddleware:
-    """Count and time every HTTP request by its route template (bounded label values)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
-            HTTP_DURATION.labels(template).observe(time.perf_counter() - started)
+def record_request(scope: Scope, status: int, seconds: float) -> None:
+    """Count and time one HTTP request by its route template (bounded label values)."""
+    template = getattr(scope.get("route"), "path", "unmatched")
+    HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
+    HTTP_DURATION.labels(template).observe(seconds)

@@ -18,7 +18,7 @@ from app.errors import RateLimited
 from app.shared_state import REDIS_TIMEOUT_SECONDS, SharedState
 
 T = TypeVar("T")
-log = structlog.get_logger("app.rate_limit")
+log = structlog.get_logger(logger_name="app.rate_limit")
 
 
 def _limits_uri(redis_url: str) -> str:

@@ -11,11 +11,13 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.metrics import record_request
+
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 HSTS_VALUE = "max-age=63072000; includeSubDomains"
 
-access_log = structlog.get_logger("app.access")
+access_log = structlog.get_logger(logger_name="app.access")
 
 
 def current_request_id() -> str | None:
@@ -64,6 +66,8 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
+            record_request(scope, status, elapsed)
             if scope["path"] not in self.quiet_paths or status >= 400:
                 access_log.info(
                     "request",
@@ -71,7 +75,7 @@ class RequestContextMiddleware:
                     path=scope["path"],
                     status=status,
                     client=(scope.get("client") or ("-",))[0],
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
             _request_id.reset(token)

@@ -23,7 +23,7 @@ MAX_ATTEMPTS = 3
 MAX_HONOURED_RETRY_AFTER = 2.0  # seconds; a longer hint ends the retries at once
 _backoff = wait_random_exponential(multiplier=0.1, max=1.0)
 
-log = structlog.get_logger("app.resilient_upstream")
+log = structlog.get_logger(logger_name="app.resilient_upstream")
 
 
 def _retryable(exc: BaseException) -> bool:

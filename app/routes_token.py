@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import structlog
@@ -23,7 +24,7 @@ TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
 
 MAX_USER_AGENT_CHARS = 256
 
-audit_log = structlog.get_logger("app.audit")
+audit_log = structlog.get_logger(logger_name="app.audit")
 router = APIRouter(tags=["tokens"])
 
 
@@ -35,22 +36,23 @@ class TokenResponse(BaseModel):
     expires_in: int = Field(description="seconds left at the time of the response")
 
 
-def get_settings_dep(request: Request) -> Settings:
-    """The settings the app was built with."""
-    settings: Settings = request.app.state.settings
-    return settings
+@dataclass(frozen=True, slots=True)
+class TokenEndpointServices:
+    """What the token endpoint needs, built once in the lifespan (one dependency, not four:
+    FastAPI's dependency resolution was a third of a cache hit's cost; docs/performance.md)."""
+
+    settings: Settings
+    limiter: UserRateLimiter
+    tokens: TokenService
 
 
-def get_rate_limiter(request: Request) -> UserRateLimiter:
-    """The app's per-user limiter, built in its lifespan."""
-    limiter: UserRateLimiter = request.app.state.rate_limiter
-    return limiter
+async def get_services(request: Request) -> TokenEndpointServices:
+    """The services the lifespan built."""
+    services: TokenEndpointServices = request.app.state.token_endpoint
+    return services
 
 
-def get_token_service(request: Request) -> TokenService:
-    """The app's token service, built in its lifespan."""
-    service: TokenService = request.app.state.token_service
-    return service
+Services = Annotated[TokenEndpointServices, Depends(get_services)]
 
 
 async def _read_body(request: Request) -> bytes:
@@ -113,14 +115,12 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
 async def create_session_token(
     request: Request,
     user: CurrentUser,
-    settings: Annotated[Settings, Depends(get_settings_dep)],
-    service: Annotated[TokenService, Depends(get_token_service)],
-    limiter: Annotated[UserRateLimiter, Depends(get_rate_limiter)],
+    services: Services,
 ) -> JSONResponse:
     """Authenticate the end user, then return a session token bound to them."""
-    ttl = requested_ttl(await _read_body(request), settings)
-    await limiter.check(user.user_id)
-    issued = await service.issue(user.user_id, ttl)
+    ttl = requested_ttl(await _read_body(request), services.settings)
+    await services.limiter.check(user.user_id)
+    issued = await services.tokens.issue(user.user_id, ttl)
     expires_at = issued.minted.expires_at
     expires_in = max(0, expires_at - int(time.time()))
     audit_log.info(

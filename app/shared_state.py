@@ -17,7 +17,7 @@ REDIS_TIMEOUT_SECONDS = 0.25
 RETRY_AFTER_FAILURE_SECONDS = 2.0
 
 T = TypeVar("T")
-log = structlog.get_logger("app.shared_state")
+log = structlog.get_logger(logger_name="app.shared_state")
 
 
 class SharedState:

@@ -18,7 +18,7 @@ from app.settings import Settings, require_secure_url
 
 MAX_DOCUMENT_BYTES = 512 * 1024
 
-log = structlog.get_logger("app.signing_keys")
+log = structlog.get_logger(logger_name="app.signing_keys")
 
 
 class KeyFetchError(Exception):

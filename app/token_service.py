@@ -17,7 +17,7 @@ from app.videodb_client import MintedToken
 TokenSource = Literal["cache", "upstream", "coalesced"]
 POLL_SECONDS = 0.02
 
-log = structlog.get_logger("app.token_service")
+log = structlog.get_logger(logger_name="app.token_service")
 
 
 class Minter(Protocol):

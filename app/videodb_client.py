@@ -23,7 +23,7 @@ DEFAULT_RETRY_AFTER = 5
 MAX_HONOURED_RETRY_AFTER = 300
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
-log = structlog.get_logger("app.videodb")
+log = structlog.get_logger(logger_name="app.videodb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class MintedToken:
 def build_http_client(timeout: float) -> httpx.AsyncClient:
     """The shared client for VideoDB, with explicit connect/read/write/pool timeouts."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=min(timeout, 2.0)),
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},

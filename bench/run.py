@@ -1,0 +1,328 @@
+"""`make bench`: the broker's performance figures, each measured side by side in one run.
+
+Prints, with the machine it ran on:
+1. cache-hit throughput as a ratio to a bare FastAPI endpoint returning the same JSON
+   (wrk, 32 connections, alternating rounds, medians), with p99 latency;
+2. cache-miss overhead above a stand-in VideoDB that answers in 20 ms (p50, p99);
+3. coalescing: upstream calls for 1,000 concurrent requests of one user, and of 1,000 users;
+4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from jose import jwt
+
+from app.sandbox.dev_issuer import DevIssuer
+from bench.stand_ins import SlowVideoDB
+from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
+from tests.fakes.servers import ThreadedServer
+
+API_KEY = "sk-bench-0123456789abcdef"
+AUDIENCE = "bench"
+HS_SECRET = "bench-shared-secret-of-at-least-32-bytes"
+PATH = "/v1/capture/session/token"
+CONNECTIONS = 32
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUND_SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+MEMORY_USERS = int(os.environ.get("BENCH_MEMORY_USERS", "100000"))
+BOUNDED_ENTRIES = 10_000
+
+
+def machine() -> str:
+    """What the figures were measured on."""
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+def _wrk_script(token: str, directory: Path) -> Path:
+    script = directory / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.body = "{}"\n'
+    )
+    return script
+
+
+def _duration_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, script: Path) -> tuple[float, float]:
+    """(requests per second, p99 latency in ms) for one round."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{ROUND_SECONDS}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + PATH,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _duration_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        raise SystemExit(f"wrk saw {non_2xx.group(1)} error responses from {url}")
+    return rps, p99
+
+
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
+    """The bare FastAPI baseline under the same uvicorn as the broker."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env={**clean_env(), "PYTHONPATH": str(REPO)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.post(url + PATH, timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise SystemExit("the bare baseline did not start")
+
+
+def cache_hit_ratio(broker: BrokerProcess, bearer: str) -> dict[str, float]:
+    """Alternating wrk rounds against the broker (cache hits) and the bare endpoint."""
+    bare, bare_url = start_bare()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            script = _wrk_script(bearer, Path(tmp))
+            httpx.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearer}"}, json={})
+            wrk(broker.url, script)  # warm-up, not counted
+            wrk(bare_url, script)
+            broker_runs, bare_runs = [], []
+            for _ in range(ROUNDS):
+                broker_runs.append(wrk(broker.url, script))
+                bare_runs.append(wrk(bare_url, script))
+    finally:
+        bare.terminate()
+        bare.wait()
+    ratios = [b[0] / a[0] for b, a in zip(broker_runs, bare_runs, strict=True)]
+    return {
+        "broker_rps": statistics.median(r[0] for r in broker_runs),
+        "bare_rps": statistics.median(r[0] for r in bare_runs),
+        "ratio": statistics.median(ratios),
+        "broker_p99_ms": statistics.median(r[1] for r in broker_runs),
+        "bare_p99_ms": statistics.median(r[1] for r in bare_runs),
+    }
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def cache_miss_overhead(
+    broker: BrokerProcess, videodb_url: str, issuer: DevIssuer
+) -> dict[str, float]:
+    """Sequential requests, each a new user, interleaved with direct calls to the stand-in."""
+    count = 300
+    bearers = [issuer.mint(f"miss-{i}-{time.time_ns()}", AUDIENCE) for i in range(count)]
+    direct, via = [], []
+    with httpx.Client(timeout=10) as client:
+        for i, bearer in enumerate(bearers):
+            started = time.perf_counter()
+            client.post(
+                videodb_url + "/capture/session/token",
+                json={"user_id": f"d{i}", "expires_in": 900},
+                headers={"x-access-token": API_KEY},
+            )
+            direct.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            resp = client.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearer}"})
+            via.append((time.perf_counter() - started) * 1000)
+            assert resp.status_code == 200, resp.text
+    return {
+        "direct_p50_ms": statistics.median(direct),
+        "broker_p50_ms": statistics.median(via),
+        "overhead_p50_ms": statistics.median(via) - statistics.median(direct),
+        "overhead_p99_ms": _percentile(via, 99) - _percentile(direct, 99),
+    }
+
+
+async def _concurrent(url: str, bearers: list[str]) -> list[int]:
+    limits = httpx.Limits(max_connections=len(bearers))
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        responses = await asyncio.gather(
+            *(client.post(url + PATH, headers={"Authorization": f"Bearer {b}"}) for b in bearers)
+        )
+    return [r.status_code for r in responses]
+
+
+def coalescing(broker: BrokerProcess, videodb: SlowVideoDB, issuer: DevIssuer) -> dict[str, int]:
+    """Upstream calls made for 1,000 concurrent requests: one user, then 1,000 users."""
+    one = issuer.mint(f"coalesce-{time.time_ns()}", AUDIENCE)
+    videodb.calls = 0
+    statuses = asyncio.run(_concurrent(broker.url, [one] * 1000))
+    same_user = videodb.calls
+    many = [issuer.mint(f"many-{i}-{time.time_ns()}", AUDIENCE) for i in range(1000)]
+    videodb.calls = 0
+    statuses += asyncio.run(_concurrent(broker.url, many))
+    ok = sum(1 for s in statuses if s == 200)
+    return {"one_user_calls": same_user, "many_users_calls": videodb.calls, "ok": ok}
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _drive_users(url: str, start: int, stop: int) -> None:
+    now = int(time.time())
+    queue = list(range(start, stop))
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                token = jwt.encode(
+                    {"sub": f"mem-{i}", "aud": AUDIENCE, "exp": now + 3600},
+                    HS_SECRET,
+                    algorithm="HS256",
+                )
+                resp = await client.post(url + PATH, headers={"Authorization": f"Bearer {token}"})
+                if resp.status_code != 200:
+                    raise SystemExit(f"memory run: HTTP {resp.status_code}: {resp.text}")
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+
+
+def memory(videodb_url: str, max_entries: int) -> list[tuple[int, float]]:
+    """RSS (MiB) of one broker after 0, 10k, 50k and MEMORY_USERS distinct users."""
+    settings = _settings(
+        videodb_url,
+        None,
+        BROKER_AUTH_HS256_SECRET=HS_SECRET,
+        BROKER_CACHE_MAX_ENTRIES=str(max_entries),
+    )
+    settings.pop("BROKER_AUTH_JWKS_URL")
+    broker = BrokerProcess(settings).wait_ready()
+    points = [(0, _rss_mib(broker.proc.pid))]
+    done = 0
+    try:
+        for target in sorted({10_000, 50_000, MEMORY_USERS}):
+            if target > MEMORY_USERS:
+                continue
+            asyncio.run(_drive_users(broker.url, done, target))
+            done = target
+            points.append((done, _rss_mib(broker.proc.pid)))
+    finally:
+        broker.terminate()
+    return points
+
+
+def _settings(videodb_url: str, jwks_url: str | None, **extra: str) -> dict[str, str]:
+    return {
+        "VIDEO_DB_API_KEY": API_KEY,
+        "VIDEO_DB_API": videodb_url,
+        "BROKER_AUTH_JWKS_URL": jwks_url or "",
+        "BROKER_AUTH_AUDIENCE": AUDIENCE,
+        "BROKER_RATE_LIMIT": "1000000/second",
+        "BROKER_CACHE_MAX_ENTRIES": "200000",
+        **extra,
+    }
+
+
+def main() -> int:
+    """Run every measurement and print the figures."""
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 1
+    videodb = SlowVideoDB()
+    videodb_server = ThreadedServer(videodb.app()).start()
+    issuer = DevIssuer()
+    issuer_server = ThreadedServer(issuer.asgi_app()).start()
+    broker = BrokerProcess(_settings(videodb_server.url, issuer_server.url + "/jwks.json"))
+    broker.wait_ready()
+    print(f"machine: {machine()}")
+    print("broker: one uvicorn worker, JSON logs at INFO; stand-ins on loopback\n")
+    try:
+        hit = cache_hit_ratio(broker, issuer.mint("hot-user", AUDIENCE, lifetime=86400))
+        print(
+            f"1. cache hit, {CONNECTIONS} connections, median of {ROUNDS} alternating "
+            f"{ROUND_SECONDS}s rounds"
+        )
+        print(
+            f"   broker {hit['broker_rps']:.0f} req/s, bare FastAPI {hit['bare_rps']:.0f} req/s"
+            f" -> ratio {hit['ratio']:.2f} (target >= 0.60)"
+        )
+        print(
+            f"   p99 latency: broker {hit['broker_p99_ms']:.2f} ms, "
+            f"bare {hit['bare_p99_ms']:.2f} ms"
+        )
+        miss = cache_miss_overhead(broker, videodb_server.url, issuer)
+        print("2. cache miss above a stand-in VideoDB answering in 20 ms (300 sequential users)")
+        print(
+            f"   direct p50 {miss['direct_p50_ms']:.2f} ms, via broker p50 "
+            f"{miss['broker_p50_ms']:.2f} ms -> overhead p50 {miss['overhead_p50_ms']:.2f} ms "
+            f"(target <= 2), p99 {miss['overhead_p99_ms']:.2f} ms"
+        )
+        co = coalescing(broker, videodb, issuer)
+        print("3. coalescing, 1,000 concurrent requests")
+        print(
+            f"   one user: {co['one_user_calls']} upstream call(s) (target 1); "
+            f"1,000 users: {co['many_users_calls']} (target 1000); {co['ok']}/2000 answered 200"
+        )
+    finally:
+        broker.terminate()
+    unbounded = memory(videodb_server.url, 200_000)
+    bounded = memory(videodb_server.url, BOUNDED_ENTRIES)
+    print(f"4. resident memory (MiB) by distinct users with a cached token")
+    print("   users      " + "  ".join(f"{n:>8,}" for n, _ in unbounded))
+    print("   unbounded  " + "  ".join(f"{m:>8.1f}" for _, m in unbounded))
+    print(f"   max {BOUNDED_ENTRIES:,} " + "  ".join(f"{m:>8.1f}" for _, m in bounded))
+    videodb_server.stop()
+    issuer_server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
