@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from jose import jwt
@@ -315,7 +314,7 @@ def main() -> int:
         broker.terminate()
     unbounded = memory(videodb_server.url, 200_000)
     bounded = memory(videodb_server.url, BOUNDED_ENTRIES)
-    print(f"4. resident memory (MiB) by distinct users with a cached token")
+    print("4. resident memory (MiB) by distinct users with a cached token")
     print("   users      " + "  ".join(f"{n:>8,}" for n, _ in unbounded))
     print("   unbounded  " + "  ".join(f"{m:>8.1f}" for _, m in unbounded))
     print(f"   max {BOUNDED_ENTRIES:,} " + "  ".join(f"{m:>8.1f}" for _, m in bounded))
