@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -114,3 +115,16 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     (audit,) = [r for r in lines if r.get("logger") == "app.audit"]
     assert audit["client_ip"] == "127.0.0.1"
+
+
+async def test_in_memory_limits_forget_idle_users_and_stay_cheap() -> None:
+    from app.rate_limit import UserRateLimiter
+
+    limiter = UserRateLimiter("2/second")
+    for i in range(20_000):
+        await limiter.check(f"user-{i}")
+    storage = limiter.local_storage
+    assert len(storage.events) == 20_000
+    await asyncio.sleep(1.1)
+    await storage.sweep()
+    assert len(storage.events) == 0  # windows over: nothing kept per idle user
