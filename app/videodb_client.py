@@ -20,6 +20,7 @@ TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 4096
 DEFAULT_RETRY_AFTER = 5
+MAX_CONNECTIONS = 100
 MAX_HONOURED_RETRY_AFTER = 300
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
@@ -38,7 +39,7 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
     """The shared client for VideoDB, with explicit connect/read/write/pool timeouts."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20),
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},
     )
@@ -85,12 +86,16 @@ class VideoDBClient:
         self._api_key = api_key
         self._url = base_url + TOKEN_PATH
         self._timeout = timeout
+        # Requests queue here, not in httpcore's pool: its assignment loop costs
+        # O(waiting x connections) per event, which stalled the loop with ~500 waiting
+        # requests (docs/performance.md).
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
         """Ask VideoDB for a token; raise UpstreamError/Unavailable/Timeout on any failure."""
         sent_at = time.time()
         try:
-            async with asyncio.timeout(budget or self._timeout):
+            async with asyncio.timeout(budget or self._timeout), self._slots:
                 status, headers, body = await self._post(user_id, expires_in)
         except (TimeoutError, httpx.TimeoutException):
             log.warning("videodb_timeout", timeout_s=self._timeout)

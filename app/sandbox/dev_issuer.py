@@ -27,6 +27,8 @@ class DevIssuer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
+        # Parsed once: python-jose re-parses a PEM on every call, about 45 ms each.
+        self._signing_key = jwk.construct(self._pem, "RS256")
 
     def public_jwk(self) -> dict[str, Any]:
         """The public key as a JWK."""
@@ -52,7 +54,9 @@ class DevIssuer:
             "exp": now + lifetime,
             **claims,
         }
-        signed: str = jwt.encode(body, self._pem, algorithm="RS256", headers={"kid": self.kid})
+        signed: str = jwt.encode(
+            body, self._signing_key, algorithm="RS256", headers={"kid": self.kid}
+        )
         return signed
 
     def asgi_app(self) -> Starlette:
