@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
@@ -19,6 +20,13 @@ def _scrub_secrets(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
         if isinstance(value, str):
             event[key] = scrub(value)
     return event
+
+
+class _OrjsonRenderer:
+    """JSON lines through orjson: about three times faster than the json module."""
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> str:
+        return orjson.dumps(event, default=str).decode()
 
 
 class _CurrentStdout:
@@ -52,6 +60,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    fast_renderer: Processor = _OrjsonRenderer() if fmt == "json" else renderer
     # Our own loggers skip the stdlib machinery (measured: about a quarter of the cost of a
     # cache hit went to it); records from uvicorn and libraries go through ProcessorFormatter.
     structlog.configure(
@@ -62,7 +71,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _scrub_secrets,
-            renderer,
+            fast_renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.WriteLoggerFactory(file=_CurrentStdout()),  # type: ignore[arg-type]
