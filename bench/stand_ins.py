@@ -54,3 +54,22 @@ class SlowVideoDB:
                 Route("/reset", reset, methods=["POST"]),
             ]
         )
+
+
+def main() -> None:
+    """Serve the slow VideoDB in its own process (python -m bench.stand_ins PORT)."""
+    import sys
+
+    import uvicorn
+
+    uvicorn.run(
+        SlowVideoDB().app(),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

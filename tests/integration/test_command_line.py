@@ -222,3 +222,33 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def test_metrics_add_up_across_workers(
+    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> None:
+    _, server = videodb_server
+    process = BrokerProcess(broker_settings(idp, server.url), args=("--workers", "2"))
+    try:
+        process.wait_ready()
+        token = idp.issuers[0].mint("worker-user", AUDIENCE)
+        for _ in range(20):  # new connections: the kernel spreads them over both workers
+            with httpx.Client() as client:
+                assert client.get(process.url + "/healthz").status_code == 200
+        for _ in range(6):
+            with httpx.Client() as client:
+                resp = client.post(
+                    process.url + TOKEN_PATH, headers={"Authorization": f"Bearer {token}"}
+                )
+                assert resp.status_code == 200
+        text = httpx.get(process.url + "/metrics").text
+        match = re.search(
+            r'broker_http_requests_total\{method="GET",route="/healthz",status="200"\} (\S+)',
+            text,
+        )
+        assert match is not None, text[:2000]
+        assert float(match.group(1)) == 20
+        issued = re.findall(r"broker_tokens_issued_total\{source=\"(\w+)\"\} (\S+)", text)
+        assert sum(float(n) for _, n in issued) == 6
+    finally:
+        process.terminate()

@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# videodb-token-broker: multi-stage, slim runtime, fixed non-root uid, no secret in any layer.
+# Settings (VIDEO_DB_API_KEY, BROKER_*) come from the environment at run time, never build args.
+
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# Pinned dependencies first, so that code changes do not invalidate this layer.
+COPY requirements.lock ./
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --require-hashes -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/python -m compileall -q /opt/venv
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 broker \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin broker
+# Only the virtual environment (with the installed app) is copied: no sources, no tests.
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PORT=8080
+WORKDIR /srv
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; u = 'http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'); sys.exit(0 if urllib.request.urlopen(u, timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["token-broker", "serve", "--host", "0.0.0.0"]

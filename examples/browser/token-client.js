@@ -1,0 +1,120 @@
+// A dependency-free helper for browser apps: gets a VideoDB session token from the broker
+// with the user's bearer token, keeps it, and refreshes it ahead of expiry (and when VideoDB
+// answers 401), with at most one request to the broker in flight.
+
+export class BrokerError extends Error {
+  constructor(problem, status) {
+    super(problem.detail || problem.title || `broker answered ${status}`);
+    this.name = "BrokerError";
+    this.status = status;
+    this.code = problem.code;
+    this.requestId = problem.request_id;
+    this.retryAfter = problem.retryAfter;
+  }
+}
+
+export class SessionTokenClient {
+  /**
+   * @param {object} options
+   * @param {string} options.brokerUrl e.g. "https://broker.example.com"
+   * @param {() => Promise<string> | string} options.getIdToken the user's JWT from your IdP
+   * @param {number} [options.expiresIn] lifetime to ask for, in seconds (broker default if unset)
+   * @param {number} [options.refreshMarginSeconds=300] refresh this long before expiry
+   * @param {(token: {token: string, expiresAt: number}) => void} [options.onToken]
+   * @param {(error: Error) => void} [options.onError]
+   */
+  constructor({ brokerUrl, getIdToken, expiresIn, refreshMarginSeconds = 300, onToken, onError }) {
+    this.endpoint = new URL("/v1/capture/session/token", brokerUrl).toString();
+    this.getIdToken = getIdToken;
+    this.expiresIn = expiresIn;
+    this.refreshMarginSeconds = refreshMarginSeconds;
+    this.onToken = onToken || (() => {});
+    this.onError = onError || (() => {});
+    this.current = null; // {token, expiresAt}
+    this.inFlight = null; // the one pending request, shared by every caller
+    this.timer = null;
+    this.refreshes = 0;
+  }
+
+  /** The current token, fetching a new one if there is none or it is about to expire. */
+  async getToken() {
+    if (this.current && this.secondsLeft() > this.margin(this.current)) {
+      return this.current.token;
+    }
+    return (await this.refresh()).token;
+  }
+
+  /** Call when VideoDB answers 401 to the token: the next getToken() fetches a fresh one. */
+  invalidate() {
+    this.current = null;
+    return this.refresh();
+  }
+
+  /** Stop the background refresh (e.g. on sign-out) and forget the token. */
+  stop() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.current = null;
+  }
+
+  secondsLeft() {
+    return this.current ? this.current.expiresAt - Date.now() / 1000 : 0;
+  }
+
+  margin(token) {
+    // Never wait past half a short token's life.
+    const lifetime = token.expiresAt - token.receivedAt;
+    return Math.min(this.refreshMarginSeconds, lifetime / 2);
+  }
+
+  refresh() {
+    if (!this.inFlight) {
+      this.inFlight = this.fetchToken().finally(() => {
+        this.inFlight = null;
+      });
+    }
+    return this.inFlight;
+  }
+
+  async fetchToken() {
+    const idToken = await this.getIdToken();
+    const body = this.expiresIn ? JSON.stringify({ expires_in: this.expiresIn }) : "{}";
+    let response;
+    try {
+      response = await fetch(this.endpoint, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${idToken}`, "Content-Type": "application/json" },
+        body,
+        credentials: "omit",
+        cache: "no-store",
+      });
+    } catch (networkError) {
+      this.onError(networkError);
+      this.schedule(5);
+      throw networkError;
+    }
+    if (!response.ok) {
+      let problem = {};
+      try {
+        problem = await response.json();
+      } catch {}
+      problem.retryAfter = Number(response.headers.get("Retry-After")) || undefined;
+      const error = new BrokerError(problem, response.status);
+      this.onError(error);
+      if (error.retryAfter) this.schedule(error.retryAfter);
+      throw error;
+    }
+    const data = await response.json();
+    const now = Date.now() / 1000;
+    this.current = { token: data.token, expiresAt: now + data.expires_in, receivedAt: now };
+    this.refreshes += 1;
+    this.schedule(Math.max(1, data.expires_in - this.margin(this.current)));
+    this.onToken({ token: this.current.token, expiresAt: this.current.expiresAt });
+    return this.current;
+  }
+
+  schedule(seconds) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.refresh().catch(() => {}), seconds * 1000);
+  }
+}

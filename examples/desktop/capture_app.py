@@ -1,0 +1,167 @@
+"""What a desktop capture app does at start-up: get a VideoDB session token from the broker
+with the user's bearer token, hand it to VideoDB's capture client, refresh it before expiry.
+
+    python capture_app.py --broker https://broker.example.com --id-token "$ID_TOKEN"
+
+Only httpx is needed (and the `videodb` package, if installed, receives the token).
+The whole token is never printed: only a fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+
+TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
+
+
+class BrokerRefused(Exception):
+    """The broker answered with a problem; `code` is its machine-readable reason."""
+
+    def __init__(self, status: int, problem: dict[str, Any], retry_after: float | None) -> None:
+        super().__init__(problem.get("detail") or f"HTTP {status}")
+        self.status = status
+        self.code = str(problem.get("code", "unknown"))
+        self.retry_after = retry_after
+
+
+def fingerprint(token: str) -> str:
+    """The broker's own log format for a token."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+class SessionTokenKeeper:
+    """Holds one session token and refreshes it `margin` seconds before it expires."""
+
+    def __init__(
+        self, broker: str, id_token: str, expires_in: int | None = None, margin: float = 300
+    ) -> None:
+        self._url = broker.rstrip("/") + TOKEN_PATH
+        self._id_token = id_token
+        self._expires_in = expires_in
+        self._margin = margin
+        self._lock = threading.Lock()  # one request to the broker at a time
+        self._http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
+        self.token: str | None = None
+        self.expires_at = 0.0
+        self.fetches = 0
+
+    def get(self) -> str:
+        """A token with more than the refresh margin left, fetching if needed."""
+        with self._lock:
+            if self.token is None or self.expires_at - time.time() <= self._refresh_margin():
+                self._fetch()
+            assert self.token is not None
+            return self.token
+
+    def invalidate(self) -> str:
+        """VideoDB said 401: drop the token and fetch a new one."""
+        with self._lock:
+            self.token = None
+            self._fetch()
+            assert self.token is not None
+            return self.token
+
+    def seconds_until_refresh(self) -> float:
+        return max(0.5, self.expires_at - time.time() - self._refresh_margin())
+
+    def _refresh_margin(self) -> float:
+        lifetime = self._expires_in or 900
+        return min(self._margin, lifetime / 2)
+
+    def _fetch(self) -> None:
+        body = {"expires_in": self._expires_in} if self._expires_in else {}
+        response = self._http.post(
+            self._url, json=body, headers={"Authorization": f"Bearer {self._id_token}"}
+        )
+        if response.status_code != 200:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {}
+            retry = response.headers.get("Retry-After")
+            raise BrokerRefused(response.status_code, problem, float(retry) if retry else None)
+        data = response.json()
+        self.token = data["token"]
+        self.expires_at = time.time() + data["expires_in"]
+        self.fetches += 1
+        emit(
+            "token_received",
+            token=fingerprint(data["token"]),
+            expires_in=data["expires_in"],
+            fetches=self.fetches,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON line per event, for humans and for tests."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def hand_to_videodb(token: str) -> None:
+    """Give the token to VideoDB's capture client when the SDK is installed."""
+    try:
+        import videodb  # type: ignore[import-not-found]
+    except ImportError:
+        emit("videodb_sdk_absent", note="pip install videodb to start a capture session")
+        return
+    client_class = getattr(videodb, "CaptureClient", None)
+    if client_class is None:
+        emit("videodb_sdk_without_capture_client", version=getattr(videodb, "__version__", "?"))
+        return
+    client_class(client_token=token)
+    emit("videodb_capture_client_ready", token=fingerprint(token))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", default=os.environ.get("BROKER_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--id-token", default=os.environ.get("ID_TOKEN"))
+    parser.add_argument("--expires-in", type=int, default=None)
+    parser.add_argument("--margin", type=float, default=300, help="refresh this early (s)")
+    parser.add_argument("--run-for", type=float, default=0, help="stop after N s (0: forever)")
+    args = parser.parse_args(argv)
+    if not args.id_token:
+        print("no bearer token: pass --id-token or set ID_TOKEN", file=sys.stderr)
+        return 2
+    keeper = SessionTokenKeeper(args.broker, args.id_token, args.expires_in, args.margin)
+    try:
+        hand_to_videodb(keeper.get())
+        deadline = time.time() + args.run_for if args.run_for else float("inf")
+        while time.time() < deadline:
+            time.sleep(min(keeper.seconds_until_refresh(), max(0.0, deadline - time.time())))
+            if time.time() < deadline:
+                keeper.get()
+    except BrokerRefused as exc:
+        emit(
+            "broker_refused",
+            status=exc.status,
+            code=exc.code,
+            detail=str(exc),
+            retry_after=exc.retry_after,
+        )
+        return 1
+    except httpx.HTTPError as exc:
+        emit("broker_unreachable", error=type(exc).__name__)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        keeper.close()
+    emit("stopped", fetches=keeper.fetches)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The example clients against a running broker: a real Chromium across origins, and the
+desktop program."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import pytest
+from starlette.staticfiles import StaticFiles
+
+from tests.fakes.broker_process import REPO, BrokerProcess
+from tests.fakes.identity_provider import FakeIdentityProvider
+from tests.fakes.redis_server import require_binary
+from tests.fakes.servers import ThreadedServer
+from tests.fakes.videodb import FakeVideoDB
+from tests.integration.conftest import AUDIENCE, broker_settings
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def page_server() -> Iterator[ThreadedServer]:
+    """examples/browser served from its own origin, as a partner's app would be."""
+    server = ThreadedServer(StaticFiles(directory=REPO / "examples" / "browser")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def short_lived_broker(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    page_server: ThreadedServer,
+) -> Iterator[BrokerProcess]:
+    """A broker allowing the page's origin, with lifetimes short enough to see refreshes."""
+    _, server = videodb_server
+    settings = broker_settings(
+        idp,
+        server.url,
+        BROKER_CORS_ORIGINS=page_server.url,
+        BROKER_TOKEN_MIN_TTL="2",
+        BROKER_TOKEN_DEFAULT_TTL="4",
+        BROKER_TOKEN_MAX_TTL="60",
+    )
+    process = BrokerProcess(settings).wait_ready()
+    yield process
+    process.terminate()
+
+
+def _page_text(page_url: str, wait_for: str, timeout_ms: int = 20_000) -> dict[str, str]:
+    from playwright.sync_api import sync_playwright
+
+    executable = require_binary("chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(page_url)
+            page.wait_for_function(wait_for, timeout=timeout_ms)
+            return {
+                name: page.inner_text(f"#{name}")
+                for name in ("status", "token", "expires", "refreshes", "error")
+            }
+        finally:
+            browser.close()
+
+
+def test_browser_page_gets_and_refreshes_a_token_across_origins(
+    short_lived_broker: BrokerProcess,
+    page_server: ThreadedServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+) -> None:
+    query = urlencode(
+        {
+            "broker": short_lived_broker.url,
+            "id_token": idp.issuers[0].mint("browser-user", AUDIENCE),
+            "expires_in": "4",
+            "margin": "3",
+        }
+    )
+    shown = _page_text(
+        f"{page_server.url}/index.html?{query}",
+        "Number(document.getElementById('refreshes').textContent) >= 2",
+    )
+    assert shown["status"] == "ready"
+    assert shown["token"].startswith("st-")
+    assert shown["error"] == "none"
+    records = short_lived_broker.log_records()
+    preflights = [r for r in records if r.get("event") == "request" and r["method"] == "OPTIONS"]
+    assert preflights
+    assert all(r["status"] == 200 for r in preflights)
+    issued = [
+        r
+        for r in records
+        if r.get("event") == "token_issued" and r.get("user_id") == "browser-user"
+    ]
+    assert len(issued) >= 2
+    assert videodb.calls  # a real exchange happened behind it
+
+
+def test_browser_page_from_an_unlisted_origin_is_refused(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider
+) -> None:
+    other = ThreadedServer(StaticFiles(directory=REPO / "examples" / "browser")).start()
+    try:
+        query = urlencode(
+            {
+                "broker": short_lived_broker.url,
+                "id_token": idp.issuers[0].mint("elsewhere", AUDIENCE),
+            }
+        )
+        shown = _page_text(
+            f"{other.url}/index.html?{query}",
+            "document.getElementById('status').textContent === 'error'",
+        )
+    finally:
+        other.stop()
+    assert shown["token"] == "none"
+    assert "TypeError" in shown["error"]  # the browser blocked it: CORS
+    assert not any(
+        r.get("event") == "token_issued" and r.get("user_id") == "elsewhere"
+        for r in short_lived_broker.log_records()
+    )
+
+
+def _desktop(*args: str) -> tuple[int, list[dict[str, object]], str]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "desktop" / "capture_app.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result.returncode, events, result.stdout + result.stderr
+
+
+def test_desktop_program_gets_and_refreshes_a_token(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+) -> None:
+    bearer = idp.issuers[0].mint("desktop-user", AUDIENCE)
+    code, events, output = _desktop(
+        "--broker",
+        short_lived_broker.url,
+        "--id-token",
+        bearer,
+        "--expires-in",
+        "4",
+        "--margin",
+        "3",
+        "--run-for",
+        "5",
+    )
+    assert code == 0, output
+    received = [e for e in events if e["event"] == "token_received"]
+    assert len(received) >= 2
+    assert all(str(e["token"]).startswith("sha256:") for e in received)
+    assert "st-" not in output  # only fingerprints
+    assert events[-1] == {"event": "stopped", "fetches": len(received)}
+    assert any(str(e["event"]).startswith("videodb_") for e in events)
+
+
+def test_desktop_program_reports_a_refusal(
+    short_lived_broker: BrokerProcess,
+) -> None:
+    code, events, _ = _desktop("--broker", short_lived_broker.url, "--id-token", "not-a-jwt")
+    assert code == 1
+    assert events[-1]["event"] == "broker_refused"
+    assert events[-1]["code"] == "invalid_token"
+    code, _, output = _desktop("--broker", short_lived_broker.url)
+    assert code == 2
+    assert "ID_TOKEN" in output
