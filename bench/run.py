@@ -252,29 +252,36 @@ def _rss_mib(pid: int) -> float:
 
 
 async def _drive_users(url: str, start: int, stop: int) -> None:
+    """One request per user id in [start, stop), 64 at a time, from 8 clients of 8
+    connections (httpcore's pool slows down with many connections in one client)."""
     now = int(time.time())
     queue = list(range(start, stop))
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    clients = [
+        httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=8)) for _ in range(8)
+    ]
 
-        async def worker() -> None:
-            while queue:
-                i = queue.pop()
-                token = jwt.encode(
-                    {"sub": f"mem-{i}", "aud": AUDIENCE, "exp": now + 3600},
-                    HS_SECRET,
-                    algorithm="HS256",
-                )
-                headers = {"Authorization": f"Bearer {token}"}
-                try:
-                    resp = await client.post(url + PATH, headers=headers)
-                except (httpx.ReadError, httpx.RemoteProtocolError):
-                    # a keep-alive connection closed by the server as we reused it: once more
-                    resp = await client.post(url + PATH, headers=headers)
-                if resp.status_code != 200:
-                    raise SystemExit(f"memory run: HTTP {resp.status_code}: {resp.text}")
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            i = queue.pop()
+            token = jwt.encode(
+                {"sub": f"mem-{i}", "aud": AUDIENCE, "exp": now + 3600},
+                HS_SECRET,
+                algorithm="HS256",
+            )
+            headers = {"Authorization": f"Bearer {token}"}
+            try:
+                resp = await client.post(url + PATH, headers=headers)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # a keep-alive connection closed by the server as we reused it: once more
+                resp = await client.post(url + PATH, headers=headers)
+            if resp.status_code != 200:
+                raise SystemExit(f"memory run: HTTP {resp.status_code}: {resp.text}")
 
-        await asyncio.gather(*(worker() for _ in range(64)))
+    try:
+        await asyncio.gather(*(worker(clients[n % 8]) for n in range(64)))
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 def memory(videodb_url: str, max_entries: int) -> list[tuple[int, float]]:
