@@ -303,6 +303,10 @@ def memory(videodb_url: str, max_entries: int) -> list[tuple[int, float]]:
             asyncio.run(_drive_users(broker.url, done, target))
             done = target
             points.append((done, _rss_mib(broker.proc.pid)))
+            print(
+                f"   (max entries {max_entries:,}: {done:,} users, {points[-1][1]:.1f} MiB)",
+                flush=True,
+            )
     finally:
         broker.terminate()
     return points
