@@ -113,7 +113,6 @@ class JwksKeys:
         self._last_unknown_kid_fetch = float("-inf")
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self.fetches = 0
         self.last_error: str | None = None
 
     @property
@@ -188,7 +187,6 @@ class JwksKeys:
             raise KeyFetchError(f"discovery jwks_uri refused: {exc}") from None
 
     async def _fetch(self, trigger: str) -> None:
-        self.fetches += 1
         try:
             await self._fetch_and_build()
         except KeyFetchError:
