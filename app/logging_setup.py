@@ -13,12 +13,21 @@ from structlog.types import EventDict, Processor, WrappedLogger
 from app.fingerprint import scrub
 
 
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list | tuple):
+        return [_scrubbed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrubbed(item) for key, item in value.items()}
+    return value
+
+
 def _scrub_secrets(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """Last line of defence: no key, token or JWT leaves in a log line, whatever logged it."""
     event.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = scrub(value)
+        event[key] = _scrubbed(value)
     return event
 
 
@@ -56,11 +65,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         structlog.stdlib.ExtraAdder(),
     ]
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        _OrjsonRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
-    fast_renderer: Processor = _OrjsonRenderer() if fmt == "json" else renderer
     # Our own loggers skip the stdlib machinery (measured: about a quarter of the cost of a
     # cache hit went to it); records from uvicorn and libraries go through ProcessorFormatter.
     structlog.configure(
@@ -71,7 +77,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _scrub_secrets,
-            fast_renderer,
+            renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.WriteLoggerFactory(file=_CurrentStdout()),  # type: ignore[arg-type]
