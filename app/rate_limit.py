@@ -17,7 +17,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 
 from app import metrics
 from app.errors import RateLimited
-from app.shared_state import REDIS_TIMEOUT_SECONDS, SharedState
+from app.shared_state import SharedState
 
 T = TypeVar("T")
 log = structlog.get_logger(logger_name="app.rate_limit")
@@ -88,8 +88,7 @@ class UserRateLimiter:
                 implementation="redispy",
                 wrap_exceptions=True,
                 key_prefix="vtb:v1:limits",
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                connection_pool=shared.pool,  # type: ignore[arg-type]  # typed too narrowly
             )
             self._remote = MovingWindowRateLimiter(storage)
 

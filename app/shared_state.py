@@ -9,11 +9,20 @@ from typing import TypeVar
 import redis.asyncio as redis
 import structlog
 from limits.errors import StorageError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app import metrics
 
 REDIS_TIMEOUT_SECONDS = 0.25
+# One pool per process, shared by the token cache and the rate limits. A full pool makes
+# callers queue for a connection instead of failing at once, as redis-py's default pool does
+# past 100 connections: a burst of concurrent requests used to look like a Redis outage.
+# 64 connections carry thousands of sub-millisecond calls a second; opening hundreds at once
+# overran the 250 ms connect timeout in tests, which looked like an outage too.
+REDIS_MAX_CONNECTIONS = 64
+POOL_WAIT_SECONDS = 1.0
 RETRY_AFTER_FAILURE_SECONDS = 2.0
 
 T = TypeVar("T")
@@ -24,13 +33,16 @@ class SharedState:
     """A Redis client with a short timeout; while Redis is down, callers fall back locally."""
 
     def __init__(self, url: str) -> None:
-        self.client: redis.Redis = redis.Redis.from_url(
+        self.pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=POOL_WAIT_SECONDS,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            retry_on_timeout=False,
             health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),  # a failure opens an incident; no hidden retries
         )
+        self.client: redis.Redis = redis.Redis(connection_pool=self.pool)
         self._down_since: float | None = None
         self._retry_at = 0.0
         metrics.REDIS_UP.set(1)
@@ -82,3 +94,4 @@ class SharedState:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.pool.disconnect()

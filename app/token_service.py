@@ -69,9 +69,7 @@ class TokenService:
         key = cache_key(user_id, ttl, self._upstream)
         cached = self._local.get(key)
         if cached is None and self._shared is not None:
-            cached = await self._shared.get(key)
-            if cached is not None:
-                self._local.put(key, cached)
+            cached = await self._shared_hit(key)
         if cached is not None:
             return self._issued(cached, "cache")
         value, joined = await self._flights.run(key, lambda: self._mint(key, user_id, ttl))
@@ -91,6 +89,10 @@ class TokenService:
             return await self._mint_here(key, user_id, ttl), "upstream"
         if got_lock:
             try:
+                # Another replica may have finished between our miss and our lock.
+                found = await self._shared_hit(key)
+                if found is not None:
+                    return found, "coalesced"
                 token = await self._mint_here(key, user_id, ttl)
             except BrokerError as exc:
                 await self._shared.mark_failed(key, exc.code)
@@ -107,16 +109,26 @@ class TokenService:
         ends_at = time.monotonic() + self._deadline + 0.5
         while time.monotonic() < ends_at:
             await asyncio.sleep(POLL_SECONDS)
-            found = await self._shared.get(key)
+            found = await self._shared_hit(key)
             if found is not None:
-                self._local.put(key, found)
                 return found, "coalesced"
             code = await self._shared.failure(key)
             if code is not None:
                 raise _shared_failure(code)
             if not self._shared.usable or not await self._shared.locked(key):
-                break  # the other replica vanished, or Redis did: mint ourselves
+                break  # the other replica finished, vanished, or Redis did
+        # The lock may have gone because the token just landed: look once more.
+        found = await self._shared_hit(key)
+        if found is not None:
+            return found, "coalesced"
         return await self._mint_here(key, user_id, ttl), "upstream"
+
+    async def _shared_hit(self, key: str) -> CachedToken | None:
+        assert self._shared is not None
+        found = await self._shared.get(key)
+        if found is not None:
+            self._local.put(key, found)
+        return found
 
     async def _mint_here(self, key: str, user_id: str, ttl: int) -> CachedToken:
         minted_at = time.time()
