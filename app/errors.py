@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.request_context import current_request_id
 
@@ -187,6 +188,36 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
         "Internal error",
         "The broker failed unexpectedly; quote the request_id to support.",
     )
+
+
+class UnhandledErrorMiddleware:
+    """An unexpected exception becomes the 500 problem inside the request's own context.
+
+    Starlette's ServerErrorMiddleware answers outside every middleware we add, so its 500
+    carried no request id (in the body, the header or the log line) and no CORS headers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:
+                raise  # too late for a problem body; the server closes the connection
+            response = await _unexpected_error(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
 from cachetools import TLRUCache
-from fastapi import Depends, Request
+from fastapi import Request
 
 from app import jwt_verification, metrics
 from app.errors import (
@@ -185,12 +185,3 @@ class Authenticator:
         )
         self._verified.put(token, _Verified(user_id, scopes, ring_id, valid_until))
         return Principal(user_id=user_id, scopes=scopes, via_cookie=via_cookie)
-
-
-async def authenticate(request: Request) -> Principal:
-    """Dependency: the verified end user, by the authenticator the lifespan built."""
-    authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.authenticate(request)
-
-
-CurrentUser = Annotated[Principal, Depends(authenticate)]

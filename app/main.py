@@ -15,19 +15,20 @@ from app import __version__
 from app.cache_crypto import TokenSealer
 from app.circuit_breaker import CircuitBreaker
 from app.cors import ProblemCORSMiddleware, cors_middleware_options
-from app.errors import install_error_handlers
+from app.errors import UnhandledErrorMiddleware, install_error_handlers
 from app.identity import Authenticator
 from app.logging_setup import configure_logging
 from app.rate_limit import UserRateLimiter
 from app.request_context import RequestContextMiddleware
 from app.resilient_upstream import ResilientVideoDB
 from app.routes_ops import router as ops_router
-from app.routes_token import TokenEndpointServices, document_request_body
+from app.routes_token import TOKEN_PATH, TokenEndpointServices, document_request_body
 from app.routes_token import router as token_router
 from app.settings import ConfigError, Settings, load_settings
 from app.shared_state import SharedState
 from app.signing_keys import signing_keys_for
 from app.token_cache import LocalTokenCache, SharedTokenStore
+from app.token_fast_path import TokenFastPath
 from app.token_service import TokenService
 from app.videodb_client import VideoDBClient, build_http_client
 
@@ -66,9 +67,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.signing_keys = keys
     app.state.breaker = breaker
     app.state.shared_state = shared
-    app.state.authenticator = Authenticator(settings, keys)
     app.state.token_endpoint = TokenEndpointServices(
         settings=settings,
+        authenticator=Authenticator(settings, keys),
         limiter=UserRateLimiter(settings.rate_limit, shared, redis_url),
         tokens=TokenService(
             ResilientVideoDB(videodb, breaker, settings.upstream_timeout),
@@ -117,6 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_request_body(app, settings)
     # Added innermost first: CORS sees requests after the request id is bound. Layers with
     # nothing to do are left out: each costs every request (docs/performance.md).
+    token_route = next(r for r in token_router.routes if getattr(r, "path", None) == TOKEN_PATH)
+    app.add_middleware(TokenFastPath, route=token_route)
+    app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
     app.add_middleware(

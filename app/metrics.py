@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,8 +77,21 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def record_request(scope: Scope, status: int, seconds: float) -> None:
     """Count and time one HTTP request by its route template (bounded label values)."""
     template = getattr(scope.get("route"), "path", "unmatched")
-    HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
-    HTTP_DURATION.labels(template).observe(seconds)
+    method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
+    key = (template, method, status)
+    series = _request_series.get(key)
+    if series is None:  # labels() takes a lock and builds a tuple: look each series up once
+        series = (
+            HTTP_REQUESTS.labels(template, method, str(status)),
+            HTTP_DURATION.labels(template),
+        )
+        _request_series[key] = series
+    series[0].inc()
+    series[1].observe(seconds)

@@ -1,11 +1,12 @@
-"""Per-request context: request id, security headers and one access-log line."""
+"""Per-request context: request id, security headers and one log line per request."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from contextvars import ContextVar
+from typing import Any
 
 import structlog
 from starlette.datastructures import MutableHeaders
@@ -17,7 +18,11 @@ _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 HSTS_VALUE = "max-age=63072000; includeSubDomains"
 
+# Where the token endpoint leaves the audit fields of the token it issued (routes_token.py).
+AUDIT_SCOPE_KEY = "videodb_token_broker.audit"
+
 access_log = structlog.get_logger(logger_name="app.access")
+audit_log = structlog.get_logger(logger_name="app.audit")
 
 
 def current_request_id() -> str | None:
@@ -44,7 +49,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         token = _request_id.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -69,13 +74,21 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             record_request(scope, status, elapsed)
             if scope["path"] not in self.quiet_paths or status >= 400:
-                access_log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    client=(scope.get("client") or ("-",))[0],
-                    duration_ms=round(elapsed * 1000, 2),
-                )
+                _log_request(scope, status, elapsed)
             structlog.contextvars.unbind_contextvars("request_id")
             _request_id.reset(token)
+
+
+def _log_request(scope: Scope, status: int, elapsed: float) -> None:
+    """The access line; for an issued token, the audit line carrying the same fields."""
+    fields: dict[str, Any] = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    audit = scope.get(AUDIT_SCOPE_KEY)
+    if audit is None:
+        access_log.info("request", client=(scope.get("client") or ("-",))[0], **fields)
+    else:
+        audit_log.info("token_issued", **audit, **fields)  # client_ip is among its fields

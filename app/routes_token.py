@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from app.errors import PROBLEM_CONTENT_TYPE, InvalidRequest, PayloadTooLarge
 from app.fingerprint import fingerprint
-from app.identity import CurrentUser
+from app.identity import Authenticator
 from app.rate_limit import UserRateLimiter
+from app.request_context import AUDIT_SCOPE_KEY
 from app.settings import Settings
 from app.token_service import TokenService
 
@@ -24,7 +25,7 @@ TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
 
 MAX_USER_AGENT_CHARS = 256
 
-audit_log = structlog.get_logger(logger_name="app.audit")
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 router = APIRouter(tags=["tokens"])
 
 
@@ -38,21 +39,12 @@ class TokenResponse(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class TokenEndpointServices:
-    """What the token endpoint needs, built once in the lifespan (one dependency, not four:
-    FastAPI's dependency resolution was a third of a cache hit's cost; docs/performance.md)."""
+    """What the token endpoint needs, built once in the lifespan."""
 
     settings: Settings
+    authenticator: Authenticator
     limiter: UserRateLimiter
     tokens: TokenService
-
-
-async def get_services(request: Request) -> TokenEndpointServices:
-    """The services the lifespan built."""
-    services: TokenEndpointServices = request.app.state.token_endpoint
-    return services
-
-
-Services = Annotated[TokenEndpointServices, Depends(get_services)]
 
 
 async def _read_body(request: Request) -> bytes:
@@ -112,31 +104,39 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
         504: {"description": "upstream_timeout", **_PROBLEM},
     },
 )
-async def create_session_token(
-    request: Request,
-    user: CurrentUser,
-    services: Services,
-) -> JSONResponse:
-    """Authenticate the end user, then return a session token bound to them."""
+async def create_session_token(request: Request) -> Response:
+    """Authenticate the end user, then return a session token bound to them.
+
+    Declared here for the OpenAPI document and the 405 on other methods; in the app,
+    `TokenFastPath` answers the POSTs before routing with the same `serve_token`.
+    """
+    services: TokenEndpointServices = request.app.state.token_endpoint
+    return await serve_token(request, services)
+
+
+async def serve_token(request: Request, services: TokenEndpointServices) -> Response:
+    """The endpoint itself: identity, body, limits, then a reused or freshly minted token."""
+    user = await services.authenticator.authenticate(request)
     ttl = requested_ttl(await _read_body(request), services.settings)
     await services.limiter.check(user.user_id)
     issued = await services.tokens.issue(user.user_id, ttl)
     expires_at = issued.minted.expires_at
     expires_in = max(0, expires_at - int(time.time()))
-    audit_log.info(
-        "token_issued",
-        user_id=user.user_id,
-        requested_ttl=ttl,
-        granted_ttl=expires_in,
-        source=issued.source,
-        client_ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent", "")[:MAX_USER_AGENT_CHARS],
-        token=fingerprint(issued.minted.token),
+    # The audit fields ride on the request's one log line (request_context.py), written
+    # once the response is sent: one line per issued token, not two (docs/performance.md).
+    request.scope[AUDIT_SCOPE_KEY] = {
+        "user_id": user.user_id,
+        "requested_ttl": ttl,
+        "granted_ttl": expires_in,
+        "source": issued.source,
+        "client_ip": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent", "")[:MAX_USER_AGENT_CHARS],
+        "token": fingerprint(issued.minted.token),
+    }
+    body = orjson.dumps(
+        {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in}
     )
-    return JSONResponse(
-        {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in},
-        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-    )
+    return Response(body, media_type="application/json", headers=_NO_STORE)
 
 
 def document_request_body(app: FastAPI, settings: Settings) -> None:

@@ -6,6 +6,9 @@ Prints, with the machine it ran on:
 2. cache-miss overhead above a stand-in VideoDB that answers in 20 ms (p50, p99);
 3. coalescing: upstream calls for 1,000 concurrent requests of one user, and of 1,000 users;
 4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES.
+
+BENCH_ONLY=hit,miss,coalescing,memory picks phases; BENCH_ROUNDS, BENCH_SECONDS and
+BENCH_MEMORY_USERS shorten a run.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ CONNECTIONS = 32
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 ROUND_SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 MEMORY_USERS = int(os.environ.get("BENCH_MEMORY_USERS", "100000"))
+PHASES = set(os.environ.get("BENCH_ONLY", "hit,miss,coalescing,memory").split(","))
 BOUNDED_ENTRIES = 10_000
 
 
@@ -337,45 +341,66 @@ def main() -> int:
     print(f"machine: {machine()}")
     print("broker: one uvicorn worker, JSON logs at INFO; stand-ins on loopback\n")
     try:
-        hit = cache_hit_ratio(broker, issuer.mint("hot-user", AUDIENCE, lifetime=86400))
-        print(
-            f"1. cache hit, {CONNECTIONS} connections, median of {ROUNDS} alternating "
-            f"{ROUND_SECONDS}s rounds"
-        )
-        print(
-            f"   broker {hit['broker_rps']:.0f} req/s, bare FastAPI {hit['bare_rps']:.0f} req/s"
-            f" -> ratio {hit['ratio']:.2f} (target >= 0.60)"
-        )
-        print(
-            f"   p99 latency: broker {hit['broker_p99_ms']:.2f} ms, "
-            f"bare {hit['bare_p99_ms']:.2f} ms"
-        )
-        miss = cache_miss_overhead(broker, videodb_url, issuer)
-        print("2. cache miss above a stand-in VideoDB answering in 20 ms (300 sequential users)")
-        print(
-            f"   p50: direct {miss['direct_p50_ms']:.2f} ms, via broker "
-            f"{miss['broker_p50_ms']:.2f} ms -> overhead {miss['overhead_p50_ms']:.2f} ms "
-            f"(target <= 2); p99: direct {miss['direct_p99_ms']:.2f} ms, via broker "
-            f"{miss['broker_p99_ms']:.2f} ms"
-        )
-        co = coalescing(broker, videodb_url, issuer)
-        print("3. coalescing, 1,000 concurrent requests")
-        print(
-            f"   one user: {co['one_user_calls']} upstream call(s) (target 1); "
-            f"1,000 users: {co['many_users_calls']} (target 1000); {co['ok']}/2000 answered 200"
-        )
+        if "hit" in PHASES:
+            report_hit(broker, issuer)
+        if "miss" in PHASES:
+            report_miss(broker, videodb_url, issuer)
+        if "coalescing" in PHASES:
+            report_coalescing(broker, videodb_url, issuer)
     finally:
         broker.terminate()
+    if "memory" in PHASES:
+        report_memory(videodb_url)
+    videodb_proc.terminate()
+    videodb_proc.wait()
+    issuer_server.stop()
+    return 0
+
+
+def report_hit(broker: BrokerProcess, issuer: DevIssuer) -> None:
+    """Figure 1: cache-hit throughput beside the bare endpoint."""
+    hit = cache_hit_ratio(broker, issuer.mint("hot-user", AUDIENCE, lifetime=86400))
+    print(
+        f"1. cache hit, {CONNECTIONS} connections, median of {ROUNDS} alternating "
+        f"{ROUND_SECONDS}s rounds"
+    )
+    print(
+        f"   broker {hit['broker_rps']:.0f} req/s, bare FastAPI {hit['bare_rps']:.0f} req/s"
+        f" -> ratio {hit['ratio']:.2f} (target >= 0.60)"
+    )
+    print(f"   p99 latency: broker {hit['broker_p99_ms']:.2f} ms, bare {hit['bare_p99_ms']:.2f} ms")
+
+
+def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:
+    """Figure 2: what a cache miss adds above VideoDB's own latency."""
+    miss = cache_miss_overhead(broker, videodb_url, issuer)
+    print("2. cache miss above a stand-in VideoDB answering in 20 ms (300 sequential users)")
+    print(
+        f"   p50: direct {miss['direct_p50_ms']:.2f} ms, via broker "
+        f"{miss['broker_p50_ms']:.2f} ms -> overhead {miss['overhead_p50_ms']:.2f} ms "
+        f"(target <= 2); p99: direct {miss['direct_p99_ms']:.2f} ms, via broker "
+        f"{miss['broker_p99_ms']:.2f} ms"
+    )
+
+
+def report_coalescing(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:
+    """Figure 3: upstream calls for concurrent requests."""
+    co = coalescing(broker, videodb_url, issuer)
+    print("3. coalescing, 1,000 concurrent requests")
+    print(
+        f"   one user: {co['one_user_calls']} upstream call(s) (target 1); "
+        f"1,000 users: {co['many_users_calls']} (target 1000); {co['ok']}/2000 answered 200"
+    )
+
+
+def report_memory(videodb_url: str) -> None:
+    """Figure 4: resident memory by cached users, unbounded and bounded."""
     unbounded = memory(videodb_url, 200_000)
     bounded = memory(videodb_url, BOUNDED_ENTRIES)
     print("4. resident memory (MiB) by distinct users with a cached token")
     print("   users      " + "  ".join(f"{n:>8,}" for n, _ in unbounded))
     print("   unbounded  " + "  ".join(f"{m:>8.1f}" for _, m in unbounded))
     print(f"   max {BOUNDED_ENTRIES:,} " + "  ".join(f"{m:>8.1f}" for _, m in bounded))
-    videodb_proc.terminate()
-    videodb_proc.wait()
-    issuer_server.stop()
-    return 0
 
 
 if __name__ == "__main__":

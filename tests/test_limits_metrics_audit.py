@@ -76,6 +76,17 @@ async def test_unmatched_paths_do_not_grow_label_sets(
     assert 'route="unmatched"' in text
 
 
+async def test_made_up_methods_do_not_grow_label_sets(
+    app_client: Build, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    for i in range(5):
+        await client.request(f"BREW{i}", TOKEN_PATH)
+    text = (await client.get("/metrics")).text
+    assert "BREW" not in text
+    assert 'method="other",route="/v1/capture/session/token",status="405"' in text
+
+
 async def test_audit_line_for_every_issued_token(
     app_client: Build,
     make_settings: Callable[..., Any],

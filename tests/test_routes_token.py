@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
 
+from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
 from tests.conftest import API_KEY, APP_ORIGIN, AUDIENCE, HS_SECRET, TOKEN_PATH, bearer
 
@@ -239,3 +242,34 @@ class TestCookieMode:
         resp = await client.post(TOKEN_PATH, headers={"X-CSRF": "1"})
         assert resp.status_code == 401
         assert resp.json()["code"] == "missing_token"
+
+
+async def test_an_unexpected_failure_is_a_500_problem_without_its_text(
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app = create_app(make_settings())
+    async with LifespanManager(app) as manager:
+
+        async def broken(user_id: str, ttl: int) -> None:
+            raise RuntimeError(f"boom with {API_KEY}")
+
+        app.state.token_endpoint.tokens.issue = broken
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b.test") as client:
+            headers = {**bearer(issuer.mint("ada", AUDIENCE)), "Origin": APP_ORIGIN}
+            resp = await client.post(TOKEN_PATH, headers=headers)
+    assert resp.status_code == 500
+    assert resp.headers["access-control-allow-origin"] == APP_ORIGIN  # readable by the page
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["code"] == "internal_error"
+    assert resp.json()["request_id"] == resp.headers["x-request-id"]
+    assert API_KEY not in resp.text
+    assert "boom" not in resp.text
+    out = capsys.readouterr().out
+    assert API_KEY not in out
+    (logged,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "unhandled_error"]
+    assert logged["request_id"] == resp.headers["x-request-id"]
+    assert logged["error_type"] == "RuntimeError"

@@ -56,9 +56,12 @@ def test_log_lines_carry_request_ids_and_only_fingerprints(
     request_id = resp.headers["x-request-id"]
     time.sleep(0.2)
     mine = [r for r in broker.log_records() if r.get("request_id") == request_id]
-    events = {r["event"] for r in mine}
-    assert {"token_issued", "request"} <= events
-    issued = next(r for r in mine if r["event"] == "token_issued")
+    # One line for the request: the audit line, carrying the access fields too.
+    (issued,) = mine
+    assert issued["event"] == "token_issued"
+    assert issued["logger"] == "app.audit"
+    assert (issued["method"], issued["path"], issued["status"]) == ("POST", TOKEN_PATH, 200)
+    assert issued["duration_ms"] >= 0
     assert issued["user_id"] == "log-user"
     assert issued["token"].startswith("sha256:")
     assert resp.json()["token"] not in broker.output()
