@@ -13,32 +13,33 @@ from structlog.types import EventDict, Processor, WrappedLogger
 from app.fingerprint import scrub
 
 
-def _scrubbed(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, list | tuple):
-        return [_scrubbed(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _scrubbed(item) for key, item in value.items()}
-    return value
-
-
-def _scrub_secrets(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    """Last line of defence: no key, token or JWT leaves in a log line, whatever logged it."""
-    event.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
-    for key, value in event.items():
-        if type(value) is str:  # the common case, without a call per field
-            event[key] = scrub(value)
-        elif not isinstance(value, int | float | bool | None):
-            event[key] = _scrubbed(value)
+def _drop_color_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """uvicorn adds an ANSI-coloured duplicate of its message; one copy is enough."""
+    event.pop("color_message", None)
     return event
 
 
-class _OrjsonRenderer:
-    """JSON lines through orjson: about three times faster than the json module."""
+class _ScrubbingRenderer:
+    """Render, then scrub the finished line: the last line of defence, whatever logged it.
 
-    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> str:
-        return orjson.dumps(event, default=str).decode()
+    No key, session token or JWT leaves whole, wherever it sits in the event (a value, a
+    nested list, a dict key, an exception's text). Scrubbing the rendered line is one scan of
+    a short string; scrubbing each field before rendering cost a third of a log line.
+    The patterns only span characters JSON never escapes, so the JSON stays valid.
+    """
+
+    def __init__(self, renderer: Processor) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> str:
+        line = self._renderer(logger, name, event)
+        assert isinstance(line, str)
+        return scrub(line)
+
+
+def _orjson_renderer(_: WrappedLogger, __: str, event: EventDict) -> str:
+    """JSON lines through orjson: about three times faster than the json module."""
+    return orjson.dumps(event, default=str).decode()
 
 
 class _CurrentStdout:
@@ -67,8 +68,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
     ]
-    renderer: Processor = (
-        _OrjsonRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    renderer = _ScrubbingRenderer(
+        _orjson_renderer if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     # Our own loggers skip the stdlib machinery (measured: about a quarter of the cost of a
     # cache hit went to it); records from uvicorn and libraries go through ProcessorFormatter.
@@ -79,7 +80,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             _name_field,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _scrub_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -90,8 +90,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _drop_color_message,
             structlog.processors.format_exc_info,
-            _scrub_secrets,
             renderer,
         ],
     )

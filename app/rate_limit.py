@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
 from limits import RateLimitItem, WindowStats, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from app import metrics
 from app.errors import RateLimited
@@ -49,22 +47,15 @@ class SweepingMemoryStorage(MemoryStorage):
         self.timer = asyncio.create_task(self.sweep())
 
     async def sweep(self) -> None:
-        """Drop expired moving-window entries and counters; forget idle keys."""
+        """Drop expired window counters: nothing is kept for a user whose windows are over."""
         now = time.time()
-        for index, key in enumerate(list(self.events)):
-            events = self.events.get(key)
-            if events:
-                del events[bisect.bisect_left(events, -now, key=lambda e: -e.expiry) :]
-            if not events:
-                self.events.pop(key, None)
-                self.locks.pop(key, None)
-            if index % SWEEP_BATCH == SWEEP_BATCH - 1:
-                await asyncio.sleep(0)
-        for key, expiry in list(self.expirations.items()):
+        for index, (key, expiry) in enumerate(list(self.expirations.items())):
             if expiry <= now:
                 self.storage.pop(key, None)
                 self.expirations.pop(key, None)
                 self.locks.pop(key, None)
+            if index % SWEEP_BATCH == SWEEP_BATCH - 1:
+                await asyncio.sleep(0)
 
 
 def _limits_uri(redis_url: str) -> str:
@@ -72,16 +63,23 @@ def _limits_uri(redis_url: str) -> str:
 
 
 class UserRateLimiter:
-    """Moving-window limits per user id; falls back to this process when Redis is down."""
+    """Sliding-window limits per user id; falls back to this process when Redis is down.
+
+    The sliding-window counter weighs the previous window's count by how much of it still
+    overlaps the last `period`: two counters per user and limit, whatever the limit. The
+    moving window it replaced kept one timestamp per allowed request and inserted each new
+    one at the front of a list, so a generous limit such as `100000/hour` cost memory and
+    time in proportion to the limit on every request (docs/performance.md).
+    """
 
     def __init__(
         self, rate: str, shared: SharedState | None = None, redis_url: str | None = None
     ) -> None:
         self._items: list[RateLimitItem] = parse_many(rate)
         self.local_storage = SweepingMemoryStorage()
-        self._local = MovingWindowRateLimiter(self.local_storage)
+        self._local = SlidingWindowCounterRateLimiter(self.local_storage)
         self._shared = shared
-        self._remote: MovingWindowRateLimiter | None = None
+        self._remote: SlidingWindowCounterRateLimiter | None = None
         if shared is not None and redis_url is not None:
             storage = RedisStorage(
                 _limits_uri(redis_url),
@@ -90,24 +88,15 @@ class UserRateLimiter:
                 key_prefix="vtb:v1:limits",
                 connection_pool=shared.pool,  # type: ignore[arg-type]  # typed too narrowly
             )
-            self._remote = MovingWindowRateLimiter(storage)
+            self._remote = SlidingWindowCounterRateLimiter(storage)
 
     async def check(self, user_id: str) -> None:
         """Count one request for this user; raise RateLimited when over any limit."""
         who = hashlib.sha256(user_id.encode()).hexdigest()[:32]
         limiter = self._pick()
         for item in self._items:
-
-            async def hit(lim: MovingWindowRateLimiter, i: RateLimitItem = item) -> bool:
-                return await lim.hit(i, who)
-
-            async def stats_of(
-                lim: MovingWindowRateLimiter, i: RateLimitItem = item
-            ) -> WindowStats:
-                return await lim.get_window_stats(i, who)
-
-            if not await self._run(limiter, hit):
-                stats = await self._run(limiter, stats_of)
+            if not await self._hit(limiter, item, who):
+                stats = await self._stats(limiter, item, who)
                 retry = max(1, math.ceil(stats.reset_time - time.time()))
                 metrics.RATE_LIMITED.inc()
                 raise RateLimited(
@@ -115,18 +104,25 @@ class UserRateLimiter:
                     headers={"Retry-After": str(retry)},
                 )
 
-    def _pick(self) -> MovingWindowRateLimiter:
+    def _pick(self) -> SlidingWindowCounterRateLimiter:
         if self._remote is None or self._shared is None or not self._shared.available:
             return self._local
         return self._remote
 
-    async def _run(
-        self,
-        limiter: MovingWindowRateLimiter,
-        call: Callable[[MovingWindowRateLimiter], Awaitable[T]],
-    ) -> T:
-        """Run on the chosen limiter; if Redis fails mid-call, run in this process instead."""
+    # If Redis fails mid-call, the call runs in this process instead.
+
+    async def _hit(
+        self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, who: str
+    ) -> bool:
         if limiter is self._local or self._shared is None:
-            return await call(limiter)
-        result = await self._shared.run(lambda: call(limiter))
-        return result if result is not None else await call(self._local)
+            return await limiter.hit(item, who)
+        result = await self._shared.run(lambda: limiter.hit(item, who))
+        return result if result is not None else await self._local.hit(item, who)
+
+    async def _stats(
+        self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, who: str
+    ) -> WindowStats:
+        if limiter is self._local or self._shared is None:
+            return await limiter.get_window_stats(item, who)
+        result = await self._shared.run(lambda: limiter.get_window_stats(item, who))
+        return result if result is not None else await self._local.get_window_stats(item, who)

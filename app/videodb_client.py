@@ -84,8 +84,10 @@ class VideoDBClient:
     ) -> None:
         self._http = http
         self._api_key = api_key
-        self._url = base_url + TOKEN_PATH
+        self._url = httpx.URL(base_url + TOKEN_PATH)  # parsed once, not per call
         self._timeout = timeout
+        # The client's explicit timeouts, carried by each request we build ourselves.
+        self._timeouts = {"timeout": http.timeout.as_dict()}
         # Requests queue here, not in httpcore's pool: its assignment loop costs
         # O(waiting x connections) per event, which stalled the loop with ~500 waiting
         # requests (docs/performance.md).
@@ -113,16 +115,23 @@ class VideoDBClient:
             "x-access-token": self._api_key.get_secret_value(),
             "Content-Type": "application/json",
             "x-videodb-client": CLIENT_ID,
+            "User-Agent": CLIENT_ID,
         }
-        async with self._http.stream(
-            "POST", self._url, content=payload, headers=request_headers
-        ) as resp:
+        # A request built here and sent as is: the client's per-call URL merging and header
+        # copying were a measurable part of a cache miss (docs/performance.md).
+        request = httpx.Request(
+            "POST", self._url, content=payload, headers=request_headers, extensions=self._timeouts
+        )
+        resp = await self._http.send(request, stream=True)
+        try:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     break
             return resp.status_code, resp.headers, bytes(body)
+        finally:
+            await resp.aclose()
 
     def _interpret(
         self, status: int, headers: httpx.Headers, body: bytes, sent_at: float, requested: int

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import respx
 
+from app.errors import RateLimited
 from app.sandbox.dev_issuer import DevIssuer
 from tests.conftest import AUDIENCE, TOKEN_PATH, bearer
 
@@ -135,7 +138,40 @@ async def test_in_memory_limits_forget_idle_users_and_stay_cheap() -> None:
     for i in range(20_000):
         await limiter.check(f"user-{i}")
     storage = limiter.local_storage
-    assert len(storage.events) == 20_000
-    await asyncio.sleep(1.1)
+    assert len(storage.storage) == 20_000  # one window counter per user so far
+    await asyncio.sleep(2.1)  # a counter lives for two windows (it weighs the next one)
     await storage.sweep()
-    assert len(storage.events) == 0  # windows over: nothing kept per idle user
+    assert len(storage.storage) == 0  # windows over: nothing kept per idle user
+    assert len(storage.expirations) == 0
+
+
+async def test_a_generous_limit_keeps_two_counters_per_user_not_one_entry_per_request() -> None:
+    from app.rate_limit import UserRateLimiter
+
+    limiter = UserRateLimiter("100000/hour")
+    for _ in range(5_000):
+        await limiter.check("busy-user")
+    storage = limiter.local_storage
+    assert len(storage.storage) <= 2  # this window's counter and, at most, the previous one
+    assert sum(storage.storage.values()) == 5_000
+    assert not storage.events  # no per-request timestamps
+
+
+async def test_limits_slide_rather_than_reset_at_the_window_edge() -> None:
+    from app.rate_limit import UserRateLimiter
+
+    limiter = UserRateLimiter("10/second")
+    window_start = math.floor(time.time()) + 1
+    await asyncio.sleep(window_start - time.time() + 0.05)
+    for _ in range(10):
+        await limiter.check("edge-user")
+    await asyncio.sleep(window_start + 1.02 - time.time())  # just into the next window
+    # A fixed window would allow ten more at once; the previous window still weighs ~98 %.
+    allowed = 0
+    for _ in range(10):
+        try:
+            await limiter.check("edge-user")
+            allowed += 1
+        except RateLimited:
+            break
+    assert allowed <= 3  # even if this machine stalled for a quarter of a second

@@ -149,3 +149,31 @@ def test_true_expiry_takes_the_earliest_signal() -> None:
 
 def test_upstream_base_url_is_used_exactly(make_settings: Callable[..., Any]) -> None:
     assert make_settings(videodb_api=VIDEODB + "/").videodb_api == VIDEODB
+
+
+async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -> None:
+    from pydantic import SecretStr
+
+    from app.videodb_client import CLIENT_ID, VideoDBClient, build_http_client
+
+    seen: list[httpx.Request] = []
+
+    def videodb(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200,
+            json={"success": True, "data": {"token": "st-fresh", "expires_in": 600}},
+            headers={"Set-Cookie": "session=other-user; Path=/"},
+        )
+
+    with respx.mock:
+        respx.post(VIDEODB + "/capture/session/token").mock(side_effect=videodb)
+        http = build_http_client(4.0)
+        client = VideoDBClient(http, SecretStr(API_KEY), VIDEODB, 4.0)
+        await client.mint("ada", 600)
+        await client.mint("bob", 600)
+        await http.aclose()
+    first, second = seen
+    assert first.extensions["timeout"] == {"connect": 3.0, "read": 4.0, "write": 4.0, "pool": 4.0}
+    assert first.headers["user-agent"] == CLIENT_ID
+    assert "cookie" not in second.headers  # one user's cookie never rides on another's call
