@@ -61,11 +61,13 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                headers.setdefault("Cache-Control", "no-store")
-                headers["X-Content-Type-Options"] = "nosniff"
+                # Appended, not set: nothing inside sets these, and setting scans every header.
+                headers.append("X-Request-ID", request_id)
+                headers.append("X-Content-Type-Options", "nosniff")
+                if "cache-control" not in headers:
+                    headers.append("Cache-Control", "no-store")
                 if is_https:
-                    headers["Strict-Transport-Security"] = HSTS_VALUE
+                    headers.append("Strict-Transport-Security", HSTS_VALUE)
             await send(message)
 
         try:

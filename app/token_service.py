@@ -77,7 +77,7 @@ class TokenService:
         return self._issued(token, "coalesced" if joined else source)
 
     def _issued(self, token: CachedToken, source: TokenSource) -> IssuedToken:
-        metrics.TOKENS_ISSUED.labels(source).inc()
+        metrics.TOKENS_BY_SOURCE[source].inc()
         return IssuedToken(MintedToken(token.token, token.expires_at), source)
 
     async def _mint(self, key: str, user_id: str, ttl: int) -> tuple[CachedToken, TokenSource]:

@@ -273,3 +273,22 @@ async def test_an_unexpected_failure_is_a_500_problem_without_its_text(
     (logged,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "unhandled_error"]
     assert logged["request_id"] == resp.headers["x-request-id"]
     assert logged["error_type"] == "RuntimeError"
+
+
+async def test_a_body_in_several_pieces_is_read_whole_and_capped(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    headers = bearer(issuer.mint("pieces", AUDIENCE))
+
+    async def pieces(*chunks: bytes) -> Any:
+        for chunk in chunks:
+            yield chunk
+
+    ok = await client.post(
+        TOKEN_PATH, content=pieces(b'{"expires_in"', b": 6", b"00}"), headers=headers
+    )
+    assert ok.status_code == 200
+    assert json.loads(network["videodb"].calls[-1].request.content)["expires_in"] == 600
+    huge = await client.post(TOKEN_PATH, content=pieces(*[b" " * 600] * 3), headers=headers)
+    assert huge.status_code == 413  # no Content-Length to refuse early: counted as it arrives
