@@ -292,3 +292,32 @@ async def test_a_body_in_several_pieces_is_read_whole_and_capped(
     assert json.loads(network["videodb"].calls[-1].request.content)["expires_in"] == 600
     huge = await client.post(TOKEN_PATH, content=pieces(*[b" " * 600] * 3), headers=headers)
     assert huge.status_code == 413  # no Content-Length to refuse early: counted as it arrives
+
+
+async def test_the_declared_route_serves_the_same_without_the_fast_path(
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.token_fast_path import TokenFastPath
+
+    app = create_app(make_settings())
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not TokenFastPath]
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b.test") as client:
+            headers = bearer(issuer.mint("routed", AUDIENCE))
+            ok = await client.post(TOKEN_PATH, json={"expires_in": 600}, headers=headers)
+            refused = await client.post(TOKEN_PATH, headers=bearer("not-a-jwt"))
+            metrics = (await client.get("/metrics")).text
+    assert ok.status_code == 200
+    assert ok.headers["cache-control"] == "no-store"
+    assert set(ok.json()) == {"token", "expires_at", "expires_in"}
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert 'route="/v1/capture/session/token",status="200"' in metrics
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    (audit,) = [r for r in lines if r.get("event") == "token_issued"]
+    assert audit["user_id"] == "routed"
+    assert audit["request_id"] == ok.headers["x-request-id"]
