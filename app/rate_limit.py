@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from limits import RateLimitItem, WindowStats, parse_many
+from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
@@ -95,34 +96,33 @@ class UserRateLimiter:
         who = hashlib.sha256(user_id.encode()).hexdigest()[:32]
         limiter = self._pick()
         for item in self._items:
-            if not await self._hit(limiter, item, who):
-                stats = await self._stats(limiter, item, who)
-                retry = max(1, math.ceil(stats.reset_time - time.time()))
-                metrics.RATE_LIMITED.inc()
-                raise RateLimited(
-                    f"Too many token requests for this user; retry after {retry} s.",
-                    headers={"Retry-After": str(retry)},
-                )
+            await self._check_one(limiter, item, who)
 
     def _pick(self) -> SlidingWindowCounterRateLimiter:
         if self._remote is None or self._shared is None or not self._shared.available:
             return self._local
         return self._remote
 
-    # If Redis fails mid-call, the call runs in this process instead.
-
-    async def _hit(
+    async def _check_one(
         self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, who: str
-    ) -> bool:
-        if limiter is self._local or self._shared is None:
-            return await limiter.hit(item, who)
-        result = await self._shared.run(lambda: limiter.hit(item, who))
-        return result if result is not None else await self._local.hit(item, who)
+    ) -> None:
+        if await self._run(limiter, lambda lim: lim.hit(item, who)):
+            return
+        stats = await self._run(limiter, lambda lim: lim.get_window_stats(item, who))
+        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        metrics.RATE_LIMITED.inc()
+        raise RateLimited(
+            f"Too many token requests for this user; retry after {retry} s.",
+            headers={"Retry-After": str(retry)},
+        )
 
-    async def _stats(
-        self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, who: str
-    ) -> WindowStats:
+    async def _run(
+        self,
+        limiter: SlidingWindowCounterRateLimiter,
+        call: Callable[[SlidingWindowCounterRateLimiter], Awaitable[T]],
+    ) -> T:
+        """Run on the chosen limiter; if Redis fails mid-call, run in this process instead."""
         if limiter is self._local or self._shared is None:
-            return await limiter.get_window_stats(item, who)
-        result = await self._shared.run(lambda: limiter.get_window_stats(item, who))
-        return result if result is not None else await self._local.get_window_stats(item, who)
+            return await call(limiter)
+        result = await self._shared.run(lambda: call(limiter))
+        return result if result is not None else await call(self._local)
