@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[1]
 KUBE = REPO / "deploy" / "kubernetes"
 VENV_BIN = Path(sys.executable).parent
