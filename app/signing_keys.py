@@ -17,6 +17,12 @@ from app.jwt_verification import KeyRing, build_key_ring, build_shared_secret_ri
 from app.settings import Settings, require_secure_url
 
 MAX_DOCUMENT_BYTES = 512 * 1024
+# One fetch of a discovery document or JWKS, whole: a provider trickling bytes in under every
+# per-read timeout still ends here.
+FETCH_DEADLINE_S = 5.0
+# How long a request whose token names an unknown kid waits for the refetch it triggered.
+# Past it the request is refused (fail closed) and the refetch goes on in the background.
+UNKNOWN_KID_WAIT_S = 2.0
 
 log = structlog.get_logger(logger_name="app.signing_keys")
 
@@ -70,9 +76,12 @@ class SharedSecretKeys:
         return "shared HS256 secret"
 
 
-async def _get_json(client: httpx.AsyncClient, url: str) -> object:
+async def _get_json(client: httpx.AsyncClient, url: str, deadline: float) -> object:
     try:
-        async with client.stream("GET", url, headers={"Accept": "application/json"}) as resp:
+        async with (
+            asyncio.timeout(deadline),
+            client.stream("GET", url, headers={"Accept": "application/json"}) as resp,
+        ):
             if resp.status_code != 200:
                 raise KeyFetchError(f"HTTP {resp.status_code} from {url}")
             body = bytearray()
@@ -80,6 +89,8 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> object:
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise KeyFetchError(f"document at {url} is larger than {MAX_DOCUMENT_BYTES}")
+    except TimeoutError:
+        raise KeyFetchError(f"no complete answer from {url} within {deadline:g} s") from None
     except httpx.HTTPError as exc:
         raise KeyFetchError(f"{type(exc).__name__} fetching {url}") from exc
     try:
@@ -100,6 +111,8 @@ class JwksKeys:
         refresh_interval: float = 300.0,
         unknown_kid_cooldown: float = 30.0,
         max_retry_delay: float = 30.0,
+        fetch_deadline: float = FETCH_DEADLINE_S,
+        unknown_kid_wait: float = UNKNOWN_KID_WAIT_S,
     ) -> None:
         self._configured_jwks_url = settings.auth_jwks_url
         self._issuer = settings.auth_issuer
@@ -108,6 +121,9 @@ class JwksKeys:
         self._refresh_interval = refresh_interval
         self._cooldown = unknown_kid_cooldown
         self._max_retry_delay = max_retry_delay
+        self._fetch_deadline = fetch_deadline
+        self._unknown_kid_wait = unknown_kid_wait
+        self._unknown_kid_fetch: asyncio.Task[None] | None = None
         self._ring: KeyRing = {}
         self._jwks_url: str | None = self._configured_jwks_url
         self._last_unknown_kid_fetch = float("-inf")
@@ -131,10 +147,11 @@ class JwksKeys:
         self._task = asyncio.create_task(self._keep_fresh(), name="jwks-refresh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._unknown_kid_fetch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def load_once(self) -> None:
         """Fetch the keys now; raise KeyFetchError when that fails."""
@@ -142,13 +159,24 @@ class JwksKeys:
             await self._fetch("check")
 
     async def refresh_for_unknown_kid(self) -> None:
-        """Refetch because a token named a kid we do not hold, at most once per cool-down."""
-        if time.monotonic() - self._last_unknown_kid_fetch < self._cooldown:
-            return
-        async with self._lock:
+        """Refetch because a token named a kid we do not hold, at most once per cool-down.
+
+        Every request that needs the refetch shares the one under way, and waits for it at
+        most `unknown_kid_wait`: a slow provider delays those requests by that much, never
+        more, and the refetch finishes in the background for the requests after them.
+        """
+        fetch = self._unknown_kid_fetch
+        if fetch is None or fetch.done():
             if time.monotonic() - self._last_unknown_kid_fetch < self._cooldown:
-                return  # someone else refreshed while we waited for the lock
+                return
             self._last_unknown_kid_fetch = time.monotonic()
+            fetch = asyncio.create_task(self._refetch_for_unknown_kid(), name="jwks-unknown-kid")
+            self._unknown_kid_fetch = fetch
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fetch), self._unknown_kid_wait)
+
+    async def _refetch_for_unknown_kid(self) -> None:
+        async with self._lock:
             try:
                 await self._fetch("unknown_kid")
             except KeyFetchError as exc:
@@ -176,7 +204,7 @@ class JwksKeys:
     async def _discover(self) -> str:
         assert self._issuer is not None
         url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
-        doc = await _get_json(self._client, url)
+        doc = await _get_json(self._client, url, self._fetch_deadline)
         if not isinstance(doc, dict) or not isinstance(doc.get("jwks_uri"), str):
             raise KeyFetchError("discovery document has no jwks_uri")
         if doc.get("issuer") != self._issuer:
@@ -197,7 +225,7 @@ class JwksKeys:
     async def _fetch_and_build(self) -> None:
         try:
             url = self._jwks_url or await self._discover()
-            document = await _get_json(self._client, url)
+            document = await _get_json(self._client, url, self._fetch_deadline)
             try:
                 ring, skipped = build_key_ring(document, self._allowed)
             except ValueError as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -95,3 +98,54 @@ async def test_unknown_kid_refresh_survives_an_outage(
     await keys.refresh_for_unknown_kid()
     assert not keys.ready
     assert "ConnectError" in (keys.last_error or "")
+
+
+def _slow_jwks(issuer: DevIssuer, delay: float) -> Callable[[httpx.Request], Any]:
+    async def answer(_: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(delay)
+        return httpx.Response(200, json=issuer.jwks())
+
+    return answer
+
+
+async def test_a_slow_provider_delays_unknown_kid_requests_by_the_bound_only(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
+) -> None:
+    network["jwks"].mock(side_effect=_slow_jwks(issuer, 0.5))
+    keys = JwksKeys(make_settings(), httpx.AsyncClient(), unknown_kid_wait=0.05)
+    started = time.monotonic()
+    await keys.refresh_for_unknown_kid()
+    assert time.monotonic() - started < 0.3  # refused in time, not after the provider
+    assert not keys.ready
+    await asyncio.sleep(0.6)  # the refetch went on without the request
+    assert issuer.kid in keys.ring
+    await keys.stop()
+
+
+async def test_requests_needing_the_same_refetch_share_it(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
+) -> None:
+    network["jwks"].mock(side_effect=_slow_jwks(issuer, 0.1))
+    keys = JwksKeys(make_settings(), httpx.AsyncClient())
+    await asyncio.gather(*(keys.refresh_for_unknown_kid() for _ in range(20)))
+    assert network["jwks"].call_count == 1
+    assert issuer.kid in keys.ring  # every one of them waited for it, and it arrived
+
+
+async def test_a_trickling_provider_is_cut_off_at_the_whole_fetch_deadline(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
+) -> None:
+    document = json.dumps(issuer.jwks()).encode()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for byte in document:  # each byte well inside any per-read timeout
+            await asyncio.sleep(0.02)
+            yield bytes([byte])
+
+    network["jwks"].mock(side_effect=lambda _: httpx.Response(200, content=trickle()))
+    keys = JwksKeys(make_settings(), httpx.AsyncClient(), fetch_deadline=0.2)
+    started = time.monotonic()
+    with pytest.raises(KeyFetchError, match=r"within 0\.2 s"):
+        await keys.load_once()
+    assert time.monotonic() - started < 1.0
+    assert not keys.ready

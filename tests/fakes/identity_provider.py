@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -28,8 +29,24 @@ class FakeIdentityProvider:
         return fresh
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fault == "trickle":
+            await self._trickle(send)
+            return
         response = await self._respond(Request(scope, receive))
         await response(scope, receive, send)
+
+    async def _trickle(self, send: Send) -> None:
+        """A 200 whose body comes a byte every 0.2 s: every read is quick, the whole is not."""
+        self.jwks_fetches += 1
+        body = json.dumps({"keys": [i.public_jwk() for i in self.issuers]}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for byte in body:
+            if self.fault != "trickle":
+                break
+            await asyncio.sleep(0.2)
+            await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _respond(self, request: Request) -> Response:
         if self.fault == "down":

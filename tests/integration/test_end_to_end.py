@@ -266,6 +266,47 @@ def test_keys_held_keep_working_while_the_provider_is_down_and_rotation_is_picke
         server.stop()
 
 
+def test_a_trickling_provider_delays_a_new_kid_by_the_bound_only(
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+) -> None:
+    from tests.integration.conftest import broker_settings
+
+    _, videodb_srv = videodb_server
+    provider = FakeIdentityProvider()
+    server = ThreadedServer(provider)
+    provider.issuer_url = server.url
+    original = provider.rotate()
+    server.start()
+    process = BrokerProcess(broker_settings(provider, videodb_srv.url)).wait_ready()
+    try:
+        provider.fault = "trickle"  # every byte quick, the whole JWKS minutes away
+        rotated = provider.rotate()
+        started = time.monotonic()
+        refused = httpx.post(
+            process.url + TOKEN_PATH,
+            headers={"Authorization": f"Bearer {rotated.mint('new-kid-user', AUDIENCE)}"},
+            timeout=30,
+        )
+        assert refused.status_code == 401  # fail closed, after the bounded wait (2 s)
+        assert time.monotonic() - started < 3.0
+        started = time.monotonic()
+        known = httpx.post(
+            process.url + TOKEN_PATH,
+            headers={"Authorization": f"Bearer {original.mint('known-kid-user', AUDIENCE)}"},
+        )
+        assert known.status_code == 200  # not queued behind the refetch
+        assert time.monotonic() - started < 1.0
+        deadline = time.monotonic() + 10
+        while "jwks_refresh_failed" not in process.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        failure = next(r for r in process.log_records() if r.get("event") == "jwks_refresh_failed")
+        assert "within 5 s" in failure["error"]  # the whole fetch has a deadline
+    finally:
+        provider.fault = None
+        assert process.terminate() == 0
+        server.stop()
+
+
 def test_framework_errors_are_problems_too(broker: BrokerProcess) -> None:
     missing = httpx.get(broker.url + "/nope")
     assert missing.status_code == 404
