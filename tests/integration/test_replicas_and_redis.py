@@ -103,17 +103,23 @@ def test_limits_are_counted_across_replicas(
         _stop(replicas)
 
 
-def test_redis_killed_mid_run_then_restarted(
+@pytest.mark.parametrize("outage", ["killed", "frozen"])
+def test_redis_lost_mid_run_then_back(
     idp: FakeIdentityProvider,
     videodb: FakeVideoDB,
     videodb_server: tuple[FakeVideoDB, ThreadedServer],
     redis_server: RedisServer,
+    outage: str,
 ) -> None:
+    """Killed: connections refused. Frozen (SIGSTOP): connections hang with no answer."""
     _, server = videodb_server
     (broker,) = _replicas(1, idp, server.url, redis_server.url)
     try:
         assert httpx.post(broker.url + TOKEN_PATH, headers=_token(idp, "a")).status_code == 200
-        redis_server.kill()
+        if outage == "killed":
+            redis_server.kill()
+        else:
+            redis_server.freeze()
         for i in range(5):
             started = time.monotonic()
             resp = httpx.post(broker.url + TOKEN_PATH, headers=_token(idp, f"during-{i}"))
@@ -125,7 +131,10 @@ def test_redis_killed_mid_run_then_restarted(
         assert "broker_redis_up 0.0" in httpx.get(broker.url + "/metrics").text
         incidents = [r for r in broker.log_records() if r["event"] == "redis_unavailable"]
         assert len(incidents) == 1  # logged once per incident
-        redis_server.start()
+        if outage == "killed":
+            redis_server.start()
+        else:
+            redis_server.thaw()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             httpx.post(broker.url + TOKEN_PATH, headers=_token(idp, "after"))
