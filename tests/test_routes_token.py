@@ -323,3 +323,52 @@ async def test_the_declared_route_serves_the_same_without_the_fast_path(
     (audit,) = [r for r in lines if r.get("event") == "token_issued"]
     assert audit["user_id"] == "routed"
     assert audit["request_id"] == ok.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "with_bearer", "status"),
+    [
+        ("POST", TOKEN_PATH, True, 200),
+        ("POST", TOKEN_PATH, False, 401),
+        ("GET", TOKEN_PATH, True, 405),
+        ("GET", "/nope", False, 404),
+        ("GET", "/healthz", False, 200),
+        ("GET", "/readyz", False, 200),
+        ("GET", "/metrics", False, 200),
+        ("GET", "/openapi.json", False, 200),
+    ],
+)
+async def test_every_response_carries_the_security_headers(
+    app_client: Build,
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    method: str,
+    path: str,
+    with_bearer: bool,
+    status: int,
+) -> None:
+    """The OWASP REST set: nothing sniffed, framed, loaded from, or stored by a cache."""
+    client = await app_client()
+    headers = bearer(issuer.mint("u", AUDIENCE)) if with_bearer else {}
+    resp = await client.request(method, path, headers=headers)
+    assert resp.status_code == status
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert resp.headers["x-frame-options"] == "DENY"
+    assert resp.headers["cache-control"] == "no-store"
+    assert len(resp.headers["x-request-id"]) == 32
+    assert "strict-transport-security" not in resp.headers  # plain HTTP: HSTS means nothing
+
+
+async def test_a_preflight_carries_the_security_headers_too(
+    app_client: Build, network: respx.MockRouter
+) -> None:
+    client = await app_client()
+    resp = await client.options(
+        TOKEN_PATH,
+        headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"},
+    )
+    assert resp.status_code == 200
+    assert resp.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["x-frame-options"] == "DENY"
