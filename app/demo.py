@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import shlex
 
+import uvicorn
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
@@ -105,16 +107,29 @@ async def run_demo(port: int) -> None:
         server_for(issuer.asgi_app()),
     ]
     broker = server_for(create_app(settings), proxy_headers=False, server_header=False)
+    # uvicorn's start and stop lines come from one logger shared by all three servers: the
+    # newcomer sees the broker's only, not each line three times.
+    lifecycle = logging.getLogger("uvicorn.error")
+    level = lifecycle.level
+    lifecycle.setLevel(logging.WARNING)
     tasks = [
         asyncio.create_task(stand_ins[0].serve(sockets=[videodb_sock])),
         asyncio.create_task(stand_ins[1].serve(sockets=[issuer_sock])),
     ]
+    await _until_started(stand_ins, tasks)
+    lifecycle.setLevel(level)
     broker_task = asyncio.create_task(broker.serve(sockets=[broker_sock]))
-    while not broker.started and not broker_task.done():  # noqa: ASYNC110 - uvicorn has no event
-        await asyncio.sleep(0.05)
+    await _until_started([broker], [broker_task])
     if broker.started:
         print(banner(broker_url, bearer), flush=True)
     await broker_task
+    lifecycle.setLevel(logging.WARNING)
     for server in stand_ins:
         server.should_exit = True
     await asyncio.gather(*tasks)
+
+
+async def _until_started(servers: list[uvicorn.Server], tasks: list[asyncio.Task[None]]) -> None:
+    """uvicorn has no start event: poll its flag, giving up if a server ended instead."""
+    while not all(s.started for s in servers) and not any(t.done() for t in tasks):  # noqa: ASYNC110 - no event to wait on
+        await asyncio.sleep(0.05)

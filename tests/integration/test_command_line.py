@@ -128,16 +128,20 @@ def test_demo_prints_a_curl_line_that_works_as_printed() -> None:
         text=True,
         cwd=REPO / "tests",
     )
+    printed: list[str] = []
     try:
         assert demo.stdout is not None
         curl_line = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = demo.stdout.readline()
+            printed.append(line)
             if line.strip().startswith("curl "):
                 curl_line = line.strip()
                 break
         assert curl_line is not None, "demo printed no curl line"
+        # one server's start-up lines, not three (the stand-ins start quietly)
+        assert sum("Application startup complete" in line for line in printed) == 1
         result = subprocess.run(
             ["bash", "-c", curl_line], capture_output=True, text=True, timeout=30
         )
