@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from app.http_protocol import GuardedHttpToolsProtocol
 from app.logging_setup import configure_logging, uvicorn_log_config
 from app.settings import ConfigError, Settings, load_settings
 
@@ -41,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_config=uvicorn_log_config(),
         access_log=False,
+        http=GuardedHttpToolsProtocol,  # uvicorn's httptools with read-time and head-size limits
         proxy_headers=False,  # the app applies BROKER_TRUSTED_PROXIES itself
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

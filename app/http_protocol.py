@@ -1,0 +1,144 @@
+"""uvicorn's httptools protocol with the two limits it lacks, refusing in problem+json.
+
+uvicorn bounds neither how long a client may take to send its request nor how large the
+request head may be: a connection that sends nothing, or its headers a byte at a time, was
+held open for good, and a 20 MB header line was read into memory (measured with uvicorn
+0.54). Behind a proxy that enforces its own limits this never matters; a broker that
+terminates TLS itself (`BROKER_TLS_CERT_FILE`) faces clients directly. This subclass:
+
+- gives each request REQUEST_READ_TIMEOUT_S from its first byte (or from the connection's
+  start) until it has arrived whole, head and body: then 408 if part of the head came,
+  else the connection is closed (a connection that sent nothing; a late body, whose
+  request the app already holds and sees go);
+- refuses a head larger than MAX_HEAD_BYTES with 431 before it is parsed further;
+- answers bytes that are not HTTP with a problem body too (uvicorn's is plain text).
+
+Waiting for a response is not limited here: that is the app's business (its deadlines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+from app.request_context import CSP_VALUE
+
+REQUEST_READ_TIMEOUT_S = 10.0
+MAX_HEAD_BYTES = 32 * 1024
+
+log = structlog.get_logger(logger_name="app.access")
+
+
+def refusal(status: HTTPStatus, code: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 response carrying a problem body, then `Connection: close`."""
+    body = orjson.dumps(
+        {
+            "type": PROBLEM_TYPE_BASE + code,
+            "title": status.phrase,
+            "status": status.value,
+            "detail": detail,
+            "code": code,
+            "request_id": os.urandom(16).hex(),
+        }
+    )
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+        f"content-type: {PROBLEM_CONTENT_TYPE}\r\n"
+        f"content-length: {len(body)}\r\n"
+        "cache-control: no-store\r\n"
+        "x-content-type-options: nosniff\r\n"
+        f"content-security-policy: {CSP_VALUE}\r\n"
+        "x-frame-options: DENY\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """One request at a time must arrive in time and with a bounded head."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading_head = True
+        self._head_bytes = 0
+        self._read_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a byte is a request that is late
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request_header_too_large",
+                    f"The request line and headers may hold at most {MAX_HEAD_BYTES} bytes.",
+                )
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()  # the next request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+        self._reading_head, self._head_bytes = True, 0
+
+    def _arm(self) -> None:
+        if self._read_deadline is None:
+            self._read_deadline = self.loop.call_later(REQUEST_READ_TIMEOUT_S, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _too_slow(self) -> None:
+        self._read_deadline = None
+        if self.transport.is_closing():
+            return
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self._reading_head and self._head_bytes and not answering:
+            self._refuse(
+                HTTPStatus.REQUEST_TIMEOUT,
+                "request_timeout",
+                f"The request did not arrive within {REQUEST_READ_TIMEOUT_S:g} seconds.",
+            )
+            return
+        # Nothing sent yet (a browser's preconnect, say: closed quietly, as nginx does), or
+        # a body that is late while the app already holds the request: it sees the client go.
+        if self._head_bytes or not self._reading_head:
+            log.warning("request_refused", reason="request_too_slow", client=self._peer())
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP/1.1, as a problem like every error."""
+        self._refuse(HTTPStatus.BAD_REQUEST, "bad_request", "The request is not valid HTTP/1.1.")
+
+    def _refuse(self, status: HTTPStatus, code: str, detail: str) -> None:
+        log.warning("request_refused", reason=code, status=status.value, client=self._peer())
+        self._disarm()
+        self.transport.write(refusal(status, code, detail))
+        self.transport.close()
+
+    def _peer(self) -> str:
+        return self.client[0] if self.client else "-"

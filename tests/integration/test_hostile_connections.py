@@ -1,0 +1,164 @@
+"""Clients that abuse the connection itself: huge heads, slow heads and bodies, not HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.http_protocol import MAX_HEAD_BYTES, REQUEST_READ_TIMEOUT_S
+from tests.fakes.broker_process import BrokerProcess
+from tests.fakes.identity_provider import FakeIdentityProvider
+from tests.fakes.videodb import FakeVideoDB
+from tests.integration.conftest import AUDIENCE, TOKEN_PATH
+
+pytestmark = pytest.mark.integration
+
+
+def _connect(broker: BrokerProcess, timeout: float = 20.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", broker.port))
+    sock.settimeout(timeout)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the broker closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _read_one_response(sock: socket.socket) -> bytes:
+    """One whole response on a kept-alive connection (head, then Content-Length bytes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _timed_read(sock: socket.socket, started: float) -> tuple[float, bytes]:
+    """Seconds from `started` until the broker closed, and what it sent."""
+    data = _read_all(sock)
+    return time.monotonic() - started, data
+
+
+def _problem(response: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    assert b"content-type: application/problem+json" in head.lower()
+    assert b"x-content-type-options: nosniff" in head.lower()
+    return status, json.loads(body)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_huge_request_head_is_refused_without_being_read_into_memory(
+    broker: BrokerProcess,
+) -> None:
+    head = b"POST " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\n"
+    line = b"X-Padding: " + b"a" * 65_000 + b"\r\n"
+    before = _rss_kib(broker.proc.pid)
+    sent = 0
+    with _connect(broker) as sock:
+        sock.sendall(head)
+        try:  # 50 MB of headers on offer; the broker hangs up long before
+            while sent < 50_000_000:
+                sock.sendall(line)
+                sent += len(line)
+        except OSError:
+            pass
+    assert sent < 10_000_000
+    assert _rss_kib(broker.proc.pid) - before < 20_000  # not the megabytes that were offered
+
+    with _connect(broker) as sock:  # just over the limit, then wait for the answer
+        sock.sendall(head + line[: MAX_HEAD_BYTES + 100])
+        status, problem = _problem(_read_all(sock))
+    assert status == 431
+    assert problem["code"] == "request_header_too_large"
+    assert str(MAX_HEAD_BYTES) in str(problem["detail"])
+
+
+def test_bytes_that_are_not_http_get_a_problem_too(broker: BrokerProcess) -> None:
+    with _connect(broker) as sock:
+        sock.sendall(b"\x16\x03\x01 this is not HTTP at all\r\n\r\n")
+        status, problem = _problem(_read_all(sock))
+    assert status == 400
+    assert problem["code"] == "bad_request"
+    assert len(str(problem["request_id"])) == 32
+
+
+def test_slow_clients_are_cut_off_and_everyone_else_is_served(
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+) -> None:
+    """Three slow clients at once, each ended when the read timeout runs out."""
+    bearer = idp.issuers[-1].mint("patient-user", AUDIENCE)
+    outcomes: dict[str, tuple[float, bytes]] = {}
+
+    def idle() -> None:  # connects, sends nothing
+        with _connect(broker) as sock:
+            started = time.monotonic()
+            outcomes["idle"] = _timed_read(sock, started)
+
+    def slow_head() -> None:  # a header line every half second, never the blank line
+        with _connect(broker) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\n")
+            try:
+                for i in range(60):
+                    sock.sendall(b"X-Slow-%d: 1\r\n" % i)
+                    time.sleep(0.5)
+            except OSError:
+                pass  # closed under us: the outcome says how
+            outcomes["slow_head"] = _timed_read(sock, started)
+
+    def slow_body() -> None:  # whole head, then part of the body and nothing more
+        with _connect(broker) as sock:
+            started = time.monotonic()
+            sock.sendall(
+                b"POST " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\n"
+                b"Authorization: Bearer " + bearer.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"expires_in": '
+            )
+            outcomes["slow_body"] = _timed_read(sock, started)
+
+    clients = [threading.Thread(target=f) for f in (idle, slow_head, slow_body)]
+    for client in clients:
+        client.start()
+    time.sleep(1.0)
+    with _connect(broker) as sock:  # meanwhile, an ordinary request on a kept-alive connection
+        for _ in range(2):
+            sock.sendall(
+                b"POST " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\n"
+                b"Authorization: Bearer " + bearer.encode() + b"\r\nContent-Length: 0\r\n\r\n"
+            )
+            assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(2.0)  # idle, within uvicorn's keep-alive
+    for client in clients:
+        client.join(timeout=30)
+
+    limit = REQUEST_READ_TIMEOUT_S
+    for name, (elapsed, _) in outcomes.items():
+        assert limit - 0.5 < elapsed < limit + 2.0, (name, elapsed)
+    assert outcomes["idle"][1] == b""  # nothing asked, nothing answered: just closed
+    status, problem = _problem(outcomes["slow_head"][1])
+    assert (status, problem["code"]) == (408, "request_timeout")
+    assert outcomes["slow_body"][1] == b""  # closed: the app saw the client go
