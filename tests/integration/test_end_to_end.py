@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from app.sandbox.dev_issuer import DevIssuer
 from tests.fakes.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.servers import ThreadedServer
@@ -19,6 +21,7 @@ from tests.integration.conftest import (
     AUDIENCE,
     TOKEN_PATH,
     assert_no_secret_in,
+    broker_settings,
 )
 
 pytestmark = pytest.mark.integration
@@ -178,8 +181,6 @@ def test_slow_videodb_times_out_within_the_deadline(
 def test_videodb_down_then_recovering(
     idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
 ) -> None:
-    from tests.integration.conftest import broker_settings
-
     fake, _ = videodb_server
     fake.reset()
     outage = ThreadedServer(fake)
@@ -206,8 +207,6 @@ def test_videodb_down_then_recovering(
 def test_identity_provider_down_at_start_then_up(
     videodb_server: tuple[FakeVideoDB, ThreadedServer],
 ) -> None:
-    from tests.integration.conftest import broker_settings
-
     _, videodb_srv = videodb_server
     provider = FakeIdentityProvider(fault="down")
     server = ThreadedServer(provider)
@@ -231,11 +230,11 @@ def test_identity_provider_down_at_start_then_up(
         server.stop()
 
 
-def test_keys_held_keep_working_while_the_provider_is_down_and_rotation_is_picked_up(
+@pytest.fixture
+def own_idp(
     videodb_server: tuple[FakeVideoDB, ThreadedServer],
-) -> None:
-    from tests.integration.conftest import broker_settings
-
+) -> Iterator[tuple[FakeIdentityProvider, DevIssuer, BrokerProcess]]:
+    """An identity provider of the test's own with one key, and a broker ready on it."""
     _, videodb_srv = videodb_server
     provider = FakeIdentityProvider()
     server = ThreadedServer(provider)
@@ -243,68 +242,61 @@ def test_keys_held_keep_working_while_the_provider_is_down_and_rotation_is_picke
     original = provider.rotate()
     server.start()
     process = BrokerProcess(broker_settings(provider, videodb_srv.url)).wait_ready()
-    try:
-        provider.fault = "down"
+    yield provider, original, process
+    provider.fault = None
+    assert process.terminate() == 0
+    server.stop()
+
+
+def test_keys_held_keep_working_while_the_provider_is_down_and_rotation_is_picked_up(
+    own_idp: tuple[FakeIdentityProvider, DevIssuer, BrokerProcess],
+) -> None:
+    provider, original, process = own_idp
+    provider.fault = "down"
+    resp = httpx.post(
+        process.url + TOKEN_PATH,
+        headers={"Authorization": f"Bearer {original.mint('u', AUDIENCE)}"},
+    )
+    assert resp.status_code == 200
+    assert httpx.get(process.url + "/readyz").status_code == 200
+    provider.fault = None
+    fetches = provider.jwks_fetches
+    rotated = provider.rotate()
+    for _ in range(20):  # a burst with the new kid: exactly one refetch
         resp = httpx.post(
             process.url + TOKEN_PATH,
-            headers={"Authorization": f"Bearer {original.mint('u', AUDIENCE)}"},
+            headers={"Authorization": f"Bearer {rotated.mint('u', AUDIENCE)}"},
         )
         assert resp.status_code == 200
-        assert httpx.get(process.url + "/readyz").status_code == 200
-        provider.fault = None
-        fetches = provider.jwks_fetches
-        rotated = provider.rotate()
-        for _ in range(20):  # a burst with the new kid: exactly one refetch
-            resp = httpx.post(
-                process.url + TOKEN_PATH,
-                headers={"Authorization": f"Bearer {rotated.mint('u', AUDIENCE)}"},
-            )
-            assert resp.status_code == 200
-        assert provider.jwks_fetches - fetches == 1
-    finally:
-        assert process.terminate() == 0
-        server.stop()
+    assert provider.jwks_fetches - fetches == 1
 
 
 def test_a_trickling_provider_delays_a_new_kid_by_the_bound_only(
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    own_idp: tuple[FakeIdentityProvider, DevIssuer, BrokerProcess],
 ) -> None:
-    from tests.integration.conftest import broker_settings
-
-    _, videodb_srv = videodb_server
-    provider = FakeIdentityProvider()
-    server = ThreadedServer(provider)
-    provider.issuer_url = server.url
-    original = provider.rotate()
-    server.start()
-    process = BrokerProcess(broker_settings(provider, videodb_srv.url)).wait_ready()
-    try:
-        provider.fault = "trickle"  # every byte quick, the whole JWKS minutes away
-        rotated = provider.rotate()
-        started = time.monotonic()
-        refused = httpx.post(
-            process.url + TOKEN_PATH,
-            headers={"Authorization": f"Bearer {rotated.mint('new-kid-user', AUDIENCE)}"},
-            timeout=30,
-        )
-        assert refused.status_code == 401  # fail closed, after the bounded wait (2 s)
-        assert time.monotonic() - started < 3.0
-        started = time.monotonic()
-        known = httpx.post(
-            process.url + TOKEN_PATH,
-            headers={"Authorization": f"Bearer {original.mint('known-kid-user', AUDIENCE)}"},
-        )
-        assert known.status_code == 200  # not queued behind the refetch
-        assert time.monotonic() - started < 1.0
-        deadline = time.monotonic() + 10
-        while "jwks_refresh_failed" not in process.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        failure = next(r for r in process.log_records() if r.get("event") == "jwks_refresh_failed")
-        assert "within 5 s" in failure["error"]  # the whole fetch has a deadline
-    finally:
-        provider.fault = None
-        assert process.terminate() == 0
-        server.stop()
+    provider, original, process = own_idp
+    provider.fault = "trickle"  # every byte quick, the whole JWKS minutes away
+    rotated = provider.rotate()
+    started = time.monotonic()
+    refused = httpx.post(
+        process.url + TOKEN_PATH,
+        headers={"Authorization": f"Bearer {rotated.mint('new-kid-user', AUDIENCE)}"},
+        timeout=30,
+    )
+    assert refused.status_code == 401  # fail closed, after the bounded wait (2 s)
+    assert time.monotonic() - started < 3.0
+    started = time.monotonic()
+    known = httpx.post(
+        process.url + TOKEN_PATH,
+        headers={"Authorization": f"Bearer {original.mint('known-kid-user', AUDIENCE)}"},
+    )
+    assert known.status_code == 200  # not queued behind the refetch
+    assert time.monotonic() - started < 1.0
+    deadline = time.monotonic() + 10
+    while "jwks_refresh_failed" not in process.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    failure = next(r for r in process.log_records() if r.get("event") == "jwks_refresh_failed")
+    assert "within 5 s" in failure["error"]  # the whole fetch has a deadline
 
 
 def test_framework_errors_are_problems_too(broker: BrokerProcess) -> None:
