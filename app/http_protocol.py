@@ -27,6 +27,7 @@ import orjson
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app import metrics
 from app.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 from app.request_context import CSP_VALUE
 
@@ -128,6 +129,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # a body that is late while the app already holds the request: it sees the client go.
         if self._head_bytes or not self._reading_head:
             log.warning("request_refused", reason="request_too_slow", client=self._peer())
+            metrics.CONNECTIONS_REFUSED.labels("request_too_slow").inc()
+        else:
+            metrics.CONNECTIONS_REFUSED.labels("idle").inc()
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
@@ -136,6 +140,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: HTTPStatus, code: str, detail: str) -> None:
         log.warning("request_refused", reason=code, status=status.value, client=self._peer())
+        metrics.CONNECTIONS_REFUSED.labels(code).inc()
         self._disarm()
         self.transport.write(refusal(status, code, detail))
         self.transport.close()

@@ -49,6 +49,11 @@ IDENTITY_FAILURES = Counter(
     "broker_identity_failures_total", "Refused credentials by reason", ["reason"]
 )
 RATE_LIMITED = Counter("broker_rate_limited_total", "Requests refused by the per-user limit")
+CONNECTIONS_REFUSED = Counter(
+    "broker_connections_refused_total",
+    "Connections ended before their request reached the app, by reason",
+    ["reason"],
+)
 CACHE_ENTRIES = Gauge(
     "broker_cache_entries", "Tokens held for reuse in this process", multiprocess_mode="livesum"
 )

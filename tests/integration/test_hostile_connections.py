@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.http_protocol import MAX_HEAD_BYTES, REQUEST_READ_TIMEOUT_S
@@ -162,3 +163,6 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
     status, problem = _problem(outcomes["slow_head"][1])
     assert (status, problem["code"]) == (408, "request_timeout")
     assert outcomes["slow_body"][1] == b""  # closed: the app saw the client go
+    exposed = httpx.get(broker.url + "/metrics").text  # and operators can see each kind
+    for reason in ("idle", "request_timeout", "request_too_slow"):
+        assert f'broker_connections_refused_total{{reason="{reason}"}}' in exposed
