@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -14,11 +15,12 @@ from app.sandbox.loopback import base_url, bind_loopback
 class ThreadedServer:
     """A uvicorn server on 127.0.0.1 in its own thread, stoppable and restartable."""
 
-    def __init__(self, app: ASGIApp, port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, port: int = 0, tls: tuple[Path, Path] | None = None) -> None:
         self.app = app
+        self._tls = tls  # (certificate, key): serve HTTPS
         self._sock = bind_loopback(port)
         self.port: int = self._sock.getsockname()[1]
-        self.url = base_url(self._sock)
+        self.url = base_url(self._sock).replace("http://", "https://" if tls else "http://")
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -26,7 +28,15 @@ class ThreadedServer:
         """Serve until stop()."""
         if self._sock.fileno() == -1:
             self._sock = bind_loopback(self.port)
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
+        cert, key = self._tls or (None, None)
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+        )
         self._server = uvicorn.Server(config)
         sock = self._sock
         server = self._server

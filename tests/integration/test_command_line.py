@@ -18,6 +18,7 @@ import pytest
 from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.servers import ThreadedServer
+from tests.fakes.tls import self_signed_certificate
 from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import API_KEY, AUDIENCE, TOKEN_PATH, broker_settings
 
@@ -162,7 +163,7 @@ def test_serve_terminates_tls_itself_and_sends_hsts(
     videodb_server: tuple[FakeVideoDB, ThreadedServer],
     tmp_path: Path,
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     _, server = videodb_server
     settings = broker_settings(
         idp, server.url, BROKER_TLS_CERT_FILE=str(cert), BROKER_TLS_KEY_FILE=str(key)
@@ -187,45 +188,6 @@ def test_serve_terminates_tls_itself_and_sends_hsts(
         assert resp.headers["strict-transport-security"].startswith("max-age=")
     finally:
         assert process.terminate() == 0
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(private, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_metrics_add_up_across_workers(

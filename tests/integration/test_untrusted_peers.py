@@ -1,0 +1,73 @@
+"""Peers whose TLS certificate nobody vouches for: never sent the key, never believed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.broker_process import BrokerProcess
+from tests.fakes.identity_provider import FakeIdentityProvider
+from tests.fakes.servers import ThreadedServer
+from tests.fakes.tls import self_signed_certificate
+from tests.fakes.videodb import FakeVideoDB
+from tests.integration.conftest import (
+    API_KEY,
+    AUDIENCE,
+    TOKEN_PATH,
+    assert_no_secret_in,
+    broker_settings,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_videodb_with_an_untrusted_certificate_never_receives_the_key(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    impostor = FakeVideoDB(api_key=API_KEY)
+    server = ThreadedServer(impostor, tls=self_signed_certificate(tmp_path)).start()
+    process = BrokerProcess(broker_settings(idp, server.url)).wait_ready()
+    try:
+        resp = httpx.post(
+            process.url + TOKEN_PATH,
+            headers={"Authorization": f"Bearer {idp.issuers[-1].mint('u', AUDIENCE)}"},
+        )
+        assert resp.status_code == 503
+        assert resp.json()["code"] == "upstream_unavailable"
+        assert impostor.calls == []  # the handshake failed before a byte of the request
+        unreachable = [r for r in process.log_records() if r["event"] == "videodb_unreachable"]
+        assert unreachable
+        assert unreachable[0]["error_type"] == "ConnectError"
+    finally:
+        assert process.terminate() == 0
+        server.stop()
+    assert_no_secret_in(process.output())
+
+
+def test_an_identity_provider_with_an_untrusted_certificate_is_not_believed(
+    videodb_server: tuple[FakeVideoDB, ThreadedServer], tmp_path: Path
+) -> None:
+    _, videodb_srv = videodb_server
+    provider = FakeIdentityProvider()
+    server = ThreadedServer(provider, tls=self_signed_certificate(tmp_path))
+    provider.issuer_url = server.url
+    issuer = provider.rotate()
+    server.start()
+    process = BrokerProcess(broker_settings(provider, videodb_srv.url)).wait_healthy()
+    try:
+        time.sleep(1.5)  # the first fetch and a retry or two (backoff from 0.5 s)
+        ready = httpx.get(process.url + "/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["signing_keys"].startswith("not loaded")
+        resp = httpx.post(
+            process.url + TOKEN_PATH,
+            headers={"Authorization": f"Bearer {issuer.mint('u', AUDIENCE)}"},
+        )
+        assert resp.status_code == 401  # its keys were never taken: fail closed
+        assert provider.jwks_fetches == 0  # no JWKS request got past the handshake
+    finally:
+        assert process.terminate() == 0
+        server.stop()
