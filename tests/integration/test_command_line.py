@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import shlex
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -186,8 +188,39 @@ def test_serve_terminates_tls_itself_and_sends_hsts(
                 time.sleep(0.1)
         assert resp.status_code == 200
         assert resp.headers["strict-transport-security"].startswith("max-age=")
+        for version, expected in ((ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_3, True)):
+            assert _handshakes(process.port, cert, version=version) is expected, version
+        # TLS 1.2: forward-secret AEAD suites only, never CBC with SHA-1
+        assert _handshakes(process.port, cert, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+        assert not _handshakes(process.port, cert, ciphers="ECDHE-ECDSA-AES128-SHA")
     finally:
         assert process.terminate() == 0
+
+
+def _handshakes(
+    port: int,
+    cafile: Path,
+    *,
+    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+    ciphers: str | None = None,
+) -> bool:
+    """Whether a client offering only this TLS version (and these suites) gets through."""
+    context = ssl.create_default_context(cafile=cafile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1: deprecated, as it should
+        context.minimum_version = context.maximum_version = version
+    if version < ssl.TLSVersion.TLSv1_2:
+        context.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer it at all
+    if ciphers:
+        context.set_ciphers(ciphers)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            return True
+    except ssl.SSLError:
+        return False
 
 
 def test_metrics_add_up_across_workers(
