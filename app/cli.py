@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,
-        ssl_ciphers=TLS12_CIPHERS,  # uvicorn's default ("TLSv1") also admits CBC-SHA1 suites
+        ssl_ciphers=TLS12_CIPHERS,  # uvicorn's default ("TLSv1") also admits CBC suites
     )
     return 0
 
