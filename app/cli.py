@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=uvicorn_log_config(),
         access_log=False,
         http=GuardedHttpToolsProtocol,  # uvicorn's httptools with read-time and head-size limits
+        ws="none",  # no WebSocket endpoints: an upgrade request is served as plain HTTP
         proxy_headers=False,  # the app applies BROKER_TRUSTED_PROXIES itself
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

@@ -134,6 +134,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             metrics.CONNECTIONS_REFUSED.labels("idle").inc()
         self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An `Upgrade: websocket` request is served as plain HTTP (the broker runs with
+        ws="none"): uvicorn's two warnings per such request, one of them advising to install
+        a WebSocket library, would only mislead whoever reads the logs."""
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP/1.1, as a problem like every error."""
         self._refuse(HTTPStatus.BAD_REQUEST, "bad_request", "The request is not valid HTTP/1.1.")

@@ -166,3 +166,18 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
     exposed = httpx.get(broker.url + "/metrics").text  # and operators can see each kind
     for reason in ("idle", "request_timeout", "request_too_slow"):
         assert f'broker_connections_refused_total{{reason="{reason}"}}' in exposed
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(broker: BrokerProcess) -> None:
+    """No WebSocket endpoints and no WebSocket layer: the upgrade gets our usual problem."""
+    with _connect(broker) as sock:
+        sock.sendall(
+            b"GET " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        status, problem = _problem(_read_one_response(sock))
+    assert (status, problem["code"]) == (405, "method_not_allowed")
+    logged = broker.output()
+    assert "Unsupported upgrade" not in logged
+    assert "WebSocket library" not in logged
