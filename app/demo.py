@@ -112,6 +112,7 @@ async def run_demo(port: int) -> None:
         proxy_headers=False,
         server_header=False,
         http=GuardedHttpToolsProtocol,
+        ws="none",
     )
     # uvicorn's start and stop lines come from one logger shared by all three servers: the
     # newcomer sees the broker's only, not each line three times.
