@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from app.http_protocol import GuardedHttpToolsProtocol
+from app.http_protocol import SERVER_OPTIONS
 from app.logging_setup import configure_logging, uvicorn_log_config
 from app.settings import ConfigError, Settings, load_settings
 
@@ -56,10 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_config=uvicorn_log_config(),
         access_log=False,
-        http=GuardedHttpToolsProtocol,  # uvicorn's httptools with read-time and head-size limits
-        ws="none",  # no WebSocket endpoints: an upgrade request is served as plain HTTP
-        proxy_headers=False,  # the app applies BROKER_TRUSTED_PROXIES itself
-        server_header=False,
+        **SERVER_OPTIONS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,

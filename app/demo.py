@@ -11,7 +11,7 @@ import uvicorn
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from app.http_protocol import GuardedHttpToolsProtocol
+from app.http_protocol import SERVER_OPTIONS
 from app.sandbox.dev_issuer import DevIssuer
 from app.sandbox.loopback import base_url, bind_loopback, server_for
 from app.sandbox.stand_in_videodb import stand_in_videodb
@@ -107,13 +107,7 @@ async def run_demo(port: int) -> None:
         server_for(stand_in_videodb(api_key)),
         server_for(issuer.asgi_app()),
     ]
-    broker = server_for(
-        create_app(settings),
-        proxy_headers=False,
-        server_header=False,
-        http=GuardedHttpToolsProtocol,
-        ws="none",
-    )
+    broker = server_for(create_app(settings), **SERVER_OPTIONS)
     # uvicorn's start and stop lines come from one logger shared by all three servers: the
     # newcomer sees the broker's only, not each line three times.
     lifecycle = logging.getLogger("uvicorn.error")

@@ -152,3 +152,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _peer(self) -> str:
         return self.client[0] if self.client else "-"
+
+
+# How every broker server runs, `token-broker serve` and the demo alike.
+SERVER_OPTIONS: dict[str, Any] = {
+    "http": GuardedHttpToolsProtocol,  # uvicorn's httptools with the limits above
+    "ws": "none",  # no WebSocket endpoints: an upgrade request is served as plain HTTP
+    "proxy_headers": False,  # the app applies BROKER_TRUSTED_PROXIES itself
+    "server_header": False,
+}
