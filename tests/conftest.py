@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
 from app.settings import Settings
+from app.shared_state import SharedState
+from tests.fakes.redis_server import RedisServer
 
 API_KEY = "sk-test-0123456789abcdef"
 VIDEODB = "https://videodb.test"
@@ -135,3 +137,19 @@ async def app_client(
 def bearer(token: str) -> dict[str, str]:
     """An Authorization header."""
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, killed afterwards."""
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def shared(redis_server: RedisServer) -> AsyncIterator[SharedState]:
+    """The broker's connection to that Redis."""
+    state = SharedState(redis_server.url)
+    yield state
+    await state.close()

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-
-import pytest
 
 from app.cache_crypto import TokenSealer
 from app.shared_state import SharedState
 from app.token_cache import LocalTokenCache, SharedTokenStore
 from app.token_service import TokenService
-from tests.fakes.redis_server import RedisServer
 from tests.test_token_service import CountingMinter
 
 API_KEY = "sk-shared-coalescing-0123456789"
@@ -38,20 +34,6 @@ class GatedStore(SharedTokenStore):
         if self._step == "locked":
             await self._gate.wait()
         return await super().locked(key)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def shared(redis_server: RedisServer) -> AsyncIterator[SharedState]:
-    state = SharedState(redis_server.url)
-    yield state
-    await state.close()
 
 
 def _replica(minter: CountingMinter, store: SharedTokenStore) -> TokenService:

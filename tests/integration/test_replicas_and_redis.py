@@ -6,7 +6,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,13 +19,6 @@ from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import AUDIENCE, TOKEN_PATH, assert_no_secret_in, broker_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
 
 
 def _replicas(
