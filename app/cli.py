@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from app.http_protocol import SERVER_OPTIONS
+from app.http_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
 from app.logging_setup import configure_logging, uvicorn_log_config
 from app.settings import ConfigError, Settings, load_settings
 
@@ -56,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_config=uvicorn_log_config(),
         access_log=False,
-        **SERVER_OPTIONS,
+        **{**SERVER_OPTIONS, "timeout_keep_alive": args.keep_alive},
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,
@@ -112,6 +112,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(raw: str) -> int:
+    """A whole number of seconds from 1 to 3600, for argparse."""
+    if not raw.isdigit() or not 1 <= int(raw) <= 3600:
+        raise argparse.ArgumentTypeError("must be whole seconds from 1 to 3600")
+    return int(raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="token-broker", description=__doc__)
@@ -120,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=_default_port())
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--keep-alive",
+        type=_seconds,
+        default=KEEP_ALIVE_S,
+        metavar="SECONDS",
+        help="close connections idle this long; keep it above the idle timeout of the "
+        f"proxy or load balancer in front (default {KEEP_ALIVE_S})",
+    )
     serve.set_defaults(handler=_serve)
     check = commands.add_parser("check", help="validate configuration and load signing keys")
     check.set_defaults(handler=_check)

@@ -6,10 +6,11 @@ held open for good, and a 20 MB header line was read into memory (measured with 
 0.54). Behind a proxy that enforces its own limits this never matters; a broker that
 terminates TLS itself (`BROKER_TLS_CERT_FILE`) faces clients directly. This subclass:
 
-- gives each request REQUEST_READ_TIMEOUT_S from its first byte (or from the connection's
-  start) until it has arrived whole, head and body: then 408 if part of the head came,
-  else the connection is closed (a connection that sent nothing; a late body, whose
-  request the app already holds and sees go);
+- gives each request REQUEST_READ_TIMEOUT_S from its first byte until it has arrived
+  whole, head and body: then 408 if the head is not complete, else the connection is closed
+  (the app already holds the request and sees the client go);
+- treats a new connection that sends nothing like an idle kept-alive one: uvicorn's
+  keep-alive timeout (`token-broker serve --keep-alive`) closes it quietly;
 - refuses a head larger than MAX_HEAD_BYTES with 431 before it is parsed further;
 - answers bytes that are not HTTP with a problem body too (uvicorn's is plain text).
 
@@ -33,6 +34,10 @@ from app.request_context import CSP_VALUE
 
 REQUEST_READ_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 32 * 1024
+# Idle seconds before a connection is closed. Above the idle timeouts of the usual proxies in
+# front (AWS ALB and ingress-nginx: 60 s), so that the proxy, not the broker, ends an idle
+# connection: the other way round, a request the proxy sends as the broker closes is a 502.
+KEEP_ALIVE_S = 75
 
 log = structlog.get_logger(logger_name="app.access")
 
@@ -73,7 +78,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()  # a connection that never sends a byte is a request that is late
+        # A new connection that sends nothing is idle like a kept-alive one: uvicorn's own
+        # keep-alive timer closes it quietly (it is cancelled by the first byte that comes).
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -81,6 +90,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._reading_head:
+            self._arm()  # the request's clock starts with its first byte, even a blank line
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(
@@ -90,10 +100,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 )
                 return
         super().data_received(data)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._arm()  # the next request on a kept-alive connection
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
@@ -118,20 +124,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         answering = self.cycle is not None and not self.cycle.response_complete
-        if self._reading_head and self._head_bytes and not answering:
+        if self._reading_head and not answering:
             self._refuse(
                 HTTPStatus.REQUEST_TIMEOUT,
                 "request_timeout",
                 f"The request did not arrive within {REQUEST_READ_TIMEOUT_S:g} seconds.",
             )
             return
-        # Nothing sent yet (a browser's preconnect, say: closed quietly, as nginx does), or
-        # a body that is late while the app already holds the request: it sees the client go.
-        if self._head_bytes or not self._reading_head:
-            log.warning("request_refused", reason="request_too_slow", client=self._peer())
-            metrics.CONNECTIONS_REFUSED.labels("request_too_slow").inc()
-        else:
-            metrics.CONNECTIONS_REFUSED.labels("idle").inc()
+        # A body that is late while the app already holds the request: it sees the client go.
+        log.warning("request_refused", reason="request_too_slow", client=self._peer())
+        metrics.CONNECTIONS_REFUSED.labels("request_too_slow").inc()
         self.transport.close()
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -160,4 +162,5 @@ SERVER_OPTIONS: dict[str, Any] = {
     "ws": "none",  # no WebSocket endpoints: an upgrade request is served as plain HTTP
     "proxy_headers": False,  # the app applies BROKER_TRUSTED_PROXIES itself
     "server_header": False,
+    "timeout_keep_alive": KEEP_ALIVE_S,
 }

@@ -14,8 +14,9 @@ import pytest
 from app.http_protocol import MAX_HEAD_BYTES, REQUEST_READ_TIMEOUT_S
 from tests.fakes.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
+from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
-from tests.integration.conftest import AUDIENCE, TOKEN_PATH
+from tests.integration.conftest import AUDIENCE, TOKEN_PATH, broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -113,10 +114,16 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
     bearer = idp.issuers[-1].mint("patient-user", AUDIENCE)
     outcomes: dict[str, tuple[float, bytes]] = {}
 
-    def idle() -> None:  # connects, sends nothing
+    def blank_lines() -> None:  # a blank line every half second: bytes, but never a request
         with _connect(broker) as sock:
             started = time.monotonic()
-            outcomes["idle"] = _timed_read(sock, started)
+            try:
+                for _ in range(60):
+                    sock.sendall(b"\r\n")
+                    time.sleep(0.5)
+            except OSError:
+                pass
+            outcomes["blank_lines"] = _timed_read(sock, started)
 
     def slow_head() -> None:  # a header line every half second, never the blank line
         with _connect(broker) as sock:
@@ -141,7 +148,7 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
             )
             outcomes["slow_body"] = _timed_read(sock, started)
 
-    clients = [threading.Thread(target=f) for f in (idle, slow_head, slow_body)]
+    clients = [threading.Thread(target=f) for f in (blank_lines, slow_head, slow_body)]
     for client in clients:
         client.start()
     time.sleep(1.0)
@@ -159,12 +166,12 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
     limit = REQUEST_READ_TIMEOUT_S
     for name, (elapsed, _) in outcomes.items():
         assert limit - 0.5 < elapsed < limit + 2.0, (name, elapsed)
-    assert outcomes["idle"][1] == b""  # nothing asked, nothing answered: just closed
-    status, problem = _problem(outcomes["slow_head"][1])
-    assert (status, problem["code"]) == (408, "request_timeout")
+    for name in ("blank_lines", "slow_head"):
+        status, problem = _problem(outcomes[name][1])
+        assert (status, problem["code"]) == (408, "request_timeout"), name
     assert outcomes["slow_body"][1] == b""  # closed: the app saw the client go
     exposed = httpx.get(broker.url + "/metrics").text  # and operators can see each kind
-    for reason in ("idle", "request_timeout", "request_too_slow"):
+    for reason in ("request_timeout", "request_too_slow"):
         assert f'broker_connections_refused_total{{reason="{reason}"}}' in exposed
 
 
@@ -181,3 +188,23 @@ def test_a_websocket_upgrade_is_answered_as_plain_http(broker: BrokerProcess) ->
     logged = broker.output()
     assert "Unsupported upgrade" not in logged
     assert "WebSocket library" not in logged
+
+
+def test_idle_connections_close_quietly_after_the_keep_alive(
+    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> None:
+    """New or kept-alive, a connection that sends nothing is closed with no answer."""
+    _, server = videodb_server
+    process = BrokerProcess(broker_settings(idp, server.url), args=("--keep-alive", "2"))
+    process.wait_ready()
+    try:
+        with _connect(process) as fresh, _connect(process) as used:
+            started = time.monotonic()
+            used.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
+            assert _read_one_response(used).startswith(b"HTTP/1.1 200 ")
+            for sock in (fresh, used):
+                elapsed, answer = _timed_read(sock, started)
+                assert answer == b""
+                assert 1.5 < elapsed < 4.0
+    finally:
+        assert process.terminate() == 0
