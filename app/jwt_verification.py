@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -232,6 +233,9 @@ def decode(
     for name in ("exp", "nbf", "iat"):
         if name in claims and not _is_number(claims[name]):
             raise TokenRejected("claims", f"claim {name} is not a number")
+    # python-jose checks only that iat is a number; the leeway covers it like exp and nbf.
+    if "iat" in claims and claims["iat"] > time.time() + leeway:
+        raise TokenRejected("not_yet_valid", "token was issued in the future")
     if "exp" not in claims or "aud" not in claims:
         raise TokenRejected("claims", "token must carry exp and aud")
     if issuer is not None and claims.get("iss") != issuer:

@@ -71,6 +71,8 @@ def _attacks(issuer: DevIssuer) -> dict[str, str]:
         "signature_stripped": good.rsplit(".", 1)[0] + ".",
         "expired": issuer.mint("victim", AUDIENCE, lifetime=-120),
         "not_yet_valid": issuer.mint("victim", AUDIENCE, nbf=int(valid["iat"]) + 600),
+        "issued_in_the_future": issuer.mint("victim", AUDIENCE, iat=int(valid["iat"]) + 600),
+        "iat_as_string": issuer.mint("victim", AUDIENCE, iat=str(valid["iat"])),
         "wrong_audience": issuer.mint("victim", "someone-else"),
         "audience_list_without_us": issuer.mint("victim", AUDIENCE, aud=["a", "b"]),
         "wrong_issuer": issuer.mint("victim", AUDIENCE, iss="https://evil.test"),

@@ -158,18 +158,33 @@ def test_shared_secret_ring_refuses_short_and_verifies_hs256() -> None:
     [
         ({"exp": -100}, "expired"),
         ({"nbf": +100}, "not_yet_valid"),
+        ({"iat": +100}, "not_yet_valid"),
         ({"aud": "other"}, "audience"),
         ({"iat": "yesterday"}, "claims"),
     ],
 )
 def test_claim_failures_have_reasons(claims: dict[str, Any], reason: str) -> None:
     # Times are offsets from now, resolved when the test runs (not when it is collected).
-    claims = {k: int(time.time()) + v if k in ("exp", "nbf") else v for k, v in claims.items()}
+    claims = {
+        k: int(time.time()) + v if k in ("exp", "nbf", "iat") and isinstance(v, int) else v
+        for k, v in claims.items()
+    }
     ring = build_shared_secret_ring(b"s" * 32)
     token = jwt.encode(_claims(**claims), "s" * 32, algorithm="HS256")
     with pytest.raises(TokenRejected) as info:
         _verify(token, ring, frozenset({"HS256"}))
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_a_clock_a_little_ahead_is_within_the_leeway(claim: str) -> None:
+    """An identity provider whose clock runs 20 s fast is not refused with 30 s of leeway."""
+    ring = build_shared_secret_ring(b"s" * 32)
+    token = jwt.encode(_claims(**{claim: int(time.time()) + 20}), "s" * 32, algorithm="HS256")
+    header = read_header(token)
+    key = select_key(ring, header, frozenset({"HS256"}))
+    claims = decode(token, key, header, audience="aud", issuer=None, leeway=30)
+    assert claims["sub"] == "u"
 
 
 def test_issuer_is_required_when_configured() -> None:
