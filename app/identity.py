@@ -104,9 +104,12 @@ class Authenticator:
         self._allowed_origins = frozenset(settings.cors_origins)
 
     def _credential(self, request: Request) -> tuple[str, bool]:
-        header = request.headers.get("authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
+        headers = request.headers.getlist("authorization")
+        if len(headers) > 1:
+            # A proxy may read the last where we read the first: refuse the ambiguity.
+            raise InvalidToken("Send exactly one Authorization header.")
+        if headers:
+            scheme, _, token = headers[0].partition(" ")
             token = token.strip()
             if scheme.lower() != "bearer" or not token:
                 raise MissingToken("Send the user's JWT as 'Authorization: Bearer <token>'.")

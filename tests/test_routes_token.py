@@ -125,6 +125,21 @@ async def test_missing_credentials_is_401_with_challenge(app_client: Build) -> N
         assert resp.headers["www-authenticate"].startswith("Bearer ")
 
 
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter
+) -> None:
+    """A proxy in front may read the last header where we read the first: no ambiguity."""
+    client = await app_client()
+    victim, attacker = issuer.mint("victim", AUDIENCE), issuer.mint("attacker", AUDIENCE)
+    for pair in ((victim, attacker), (attacker, victim), (victim, victim)):
+        headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
+        resp = await client.post(TOKEN_PATH, headers=headers)
+        assert resp.status_code == 401
+        assert resp.json()["code"] == "invalid_token"
+        assert "exactly one Authorization header" in resp.json()["detail"]
+    assert not network["videodb"].called
+
+
 async def test_unauthenticated_bad_body_is_still_401(app_client: Build) -> None:
     client = await app_client()
     resp = await client.post(TOKEN_PATH, content=b"garbage")
