@@ -21,6 +21,13 @@ from tests.integration.conftest import AUDIENCE, TOKEN_PATH, broker_settings
 pytestmark = pytest.mark.integration
 
 
+UPGRADE = (
+    b"GET " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
 def _connect(broker: BrokerProcess, timeout: float = 20.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", broker.port))
     sock.settimeout(timeout)
@@ -170,20 +177,19 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
         status, problem = _problem(outcomes[name][1])
         assert (status, problem["code"]) == (408, "request_timeout"), name
     assert outcomes["slow_body"][1] == b""  # closed: the app saw the client go
-    exposed = httpx.get(broker.url + "/metrics").text  # and operators can see each kind
-    for reason in ("request_timeout", "request_too_slow"):
+    exposed = httpx.get(broker.url + "/metrics").text
+    assert 'broker_connections_refused_total{reason="request_too_slow"} 1.0' in exposed
+    for reason in ("request_timeout", "request_too_slow"):  # operators can see each kind
         assert f'broker_connections_refused_total{{reason="{reason}"}}' in exposed
 
 
 def test_a_websocket_upgrade_is_answered_as_plain_http(broker: BrokerProcess) -> None:
     """No WebSocket endpoints and no WebSocket layer: the upgrade gets our usual problem."""
     with _connect(broker) as sock:
-        sock.sendall(
-            b"GET " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
+        sock.sendall(UPGRADE)
         status, problem = _problem(_read_one_response(sock))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")  # and the connection
+        assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")  # serves on as HTTP
     assert (status, problem["code"]) == (405, "method_not_allowed")
     logged = broker.output()
     assert "Unsupported upgrade" not in logged
