@@ -7,7 +7,8 @@ Prints, with the machine it ran on:
 3. coalescing: upstream calls for 1,000 concurrent requests of one user, and of 1,000 users;
 4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES.
 
-BENCH_ONLY=hit,miss,coalescing,memory picks phases; BENCH_ROUNDS, BENCH_SECONDS and
+BENCH_ONLY=hit,miss,coalescing,memory picks phases (and BENCH_ONLY=hop, not run by default,
+shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_SECONDS and
 BENCH_MEMORY_USERS shorten a run.
 """
 
@@ -25,7 +26,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -184,6 +184,39 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
+def _interleaved(
+    calls: dict[str, Callable[[httpx.Client, int], httpx.Response]], count: int
+) -> dict[str, list[float]]:
+    """Milliseconds of each call, in turns: call 1 of each, then call 2 of each, and so on,
+    so that every path sees the same moments of a noisy machine."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with httpx.Client(timeout=10) as client:
+        for i in range(count):
+            for name, call in calls.items():
+                started = time.perf_counter()
+                resp = call(client, i)
+                times[name].append((time.perf_counter() - started) * 1000)
+                assert resp.status_code == 200, resp.text
+    return times
+
+
+def _direct(videodb_url: str) -> Callable[[httpx.Client, int], httpx.Response]:
+    """A call straight to the stand-in VideoDB, as the broker makes it."""
+
+    def call(client: httpx.Client, i: int) -> httpx.Response:
+        return client.post(
+            videodb_url + "/capture/session/token",
+            json={"user_id": f"d{i}", "expires_in": 900},
+            headers={"x-access-token": API_KEY},
+        )
+
+    return call
+
+
+def _post(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
+    return lambda client, _: client.post(url + PATH)
+
+
 def cache_miss_overhead(
     broker: BrokerProcess, videodb_url: str, issuer: DevIssuer
 ) -> dict[str, float]:
@@ -194,40 +227,19 @@ def cache_miss_overhead(
     proxy, proxy_url = start_bare(
         "bench.bare_proxy:app", BENCH_UPSTREAM=videodb_url, BENCH_API_KEY=API_KEY
     )
-    direct: list[float] = []
-    via: list[float] = []
-    forwarded: list[float] = []
 
-    def timed(into: list[float], call: Callable[[], httpx.Response]) -> None:
-        started = time.perf_counter()
-        resp = call()
-        into.append((time.perf_counter() - started) * 1000)
-        assert resp.status_code == 200, resp.text
+    def via_broker(client: httpx.Client, i: int) -> httpx.Response:
+        return client.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearers[i]}"})
 
     try:
-        with httpx.Client(timeout=10) as client:
-            for i, bearer in enumerate(bearers):
-                timed(
-                    direct,
-                    partial(
-                        client.post,
-                        videodb_url + "/capture/session/token",
-                        json={"user_id": f"d{i}", "expires_in": 900},
-                        headers={"x-access-token": API_KEY},
-                    ),
-                )
-                timed(
-                    via,
-                    partial(
-                        client.post,
-                        broker.url + PATH,
-                        headers={"Authorization": f"Bearer {bearer}"},
-                    ),
-                )
-                timed(forwarded, partial(client.post, proxy_url + PATH))
+        times = _interleaved(
+            {"direct": _direct(videodb_url), "via": via_broker, "proxy": _post(proxy_url)},
+            count,
+        )
     finally:
         proxy.terminate()
         proxy.wait()
+    direct, via, forwarded = times["direct"], times["via"], times["proxy"]
     base = statistics.median(direct)
     return {
         "direct_p50_ms": base,
@@ -238,6 +250,33 @@ def cache_miss_overhead(
         "broker_p99_ms": _percentile(via, 99),
         "proxy_p99_ms": _percentile(forwarded, 99),
     }
+
+
+HOP_FORWARDERS = {
+    "raw ASGI, HTTP/1.1 by hand on an asyncio stream (the floor)": "bench.hop_forwarders:raw_app",
+    "raw ASGI + httpx.AsyncClient": "bench.hop_forwarders:httpx_app",
+    "FastAPI + httpx.AsyncClient (bench/bare_proxy.py)": "bench.bare_proxy:app",
+}
+
+
+def hop_overheads(videodb_url: str) -> dict[str, float]:
+    """What one hop costs by forwarder: p50 above the direct call, 300 sequential turns."""
+    started = [
+        start_bare(app, BENCH_UPSTREAM=videodb_url, BENCH_API_KEY=API_KEY)
+        for app in HOP_FORWARDERS.values()
+    ]
+    try:
+        calls = {"direct": _direct(videodb_url)}
+        calls.update(
+            {name: _post(url) for name, (_, url) in zip(HOP_FORWARDERS, started, strict=True)}
+        )
+        times = _interleaved(calls, 300)
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+            proc.wait()
+    base = statistics.median(times.pop("direct"))
+    return {name: statistics.median(values) - base for name, values in times.items()}
 
 
 async def _concurrent(url: str, bearers: list[str]) -> list[int]:
@@ -382,6 +421,8 @@ def main() -> int:
                 report_miss(broker, videodb_url, issuer)
             if "coalescing" in PHASES:
                 report_coalescing(broker, videodb_url, issuer)
+            if "hop" in PHASES:
+                report_hop(videodb_url)
         finally:
             broker.terminate()
         if "memory" in PHASES:
@@ -429,6 +470,13 @@ def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> N
         f"   p99: direct {miss['direct_p99_ms']:.2f} ms, via broker {miss['broker_p99_ms']:.2f} "
         f"ms, via bare forwarder {miss['proxy_p99_ms']:.2f} ms"
     )
+
+
+def report_hop(videodb_url: str) -> None:
+    """Beside figure 2 (BENCH_ONLY=hop): where one HTTP hop's time goes, by forwarder."""
+    print("hop: p50 above the direct call to the 20 ms stand-in, 300 sequential turns")
+    for name, overhead in hop_overheads(videodb_url).items():
+        print(f"   {overhead:5.2f} ms  {name}")
 
 
 def report_coalescing(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:
