@@ -128,6 +128,20 @@ class UpstreamTimeout(BrokerError):
     title = "VideoDB timed out"
 
 
+def problem_document(
+    status: int, code: str, title: str, detail: str, request_id: str | None
+) -> dict[str, Any]:
+    """The RFC 9457 body every error carries, with our `code` and `request_id`."""
+    return {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+
+
 def problem_response(
     status: int,
     code: str,
@@ -137,15 +151,8 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     """Render one problem+json response with the current request id."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + code,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        "request_id": current_request_id(),
-        **(extra or {}),
-    }
+    body = problem_document(status, code, title, detail, current_request_id())
+    body.update(extra or {})
     return JSONResponse(
         body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_CONTENT_TYPE
     )

@@ -29,8 +29,8 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import metrics
-from app.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
-from app.request_context import CSP_VALUE
+from app.errors import PROBLEM_CONTENT_TYPE, problem_document
+from app.request_context import SECURITY_HEADERS
 
 REQUEST_READ_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 32 * 1024
@@ -42,29 +42,21 @@ KEEP_ALIVE_S = 75
 log = structlog.get_logger(logger_name="app.access")
 
 
-def refusal(status: HTTPStatus, code: str, detail: str) -> bytes:
+def refusal(status: HTTPStatus, code: str, detail: str, request_id: str) -> bytes:
     """A whole HTTP/1.1 response carrying a problem body, then `Connection: close`."""
-    body = orjson.dumps(
-        {
-            "type": PROBLEM_TYPE_BASE + code,
-            "title": status.phrase,
-            "status": status.value,
-            "detail": detail,
-            "code": code,
-            "request_id": os.urandom(16).hex(),
-        }
+    body = orjson.dumps(problem_document(status.value, code, status.phrase, detail, request_id))
+    headers = [
+        ("Content-Type", PROBLEM_CONTENT_TYPE),
+        ("Content-Length", str(len(body))),
+        ("X-Request-ID", request_id),
+        ("Cache-Control", "no-store"),
+        *SECURITY_HEADERS,
+        ("Connection", "close"),
+    ]
+    head = f"HTTP/1.1 {status.value} {status.phrase}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers
     )
-    head = (
-        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
-        f"content-type: {PROBLEM_CONTENT_TYPE}\r\n"
-        f"content-length: {len(body)}\r\n"
-        "cache-control: no-store\r\n"
-        "x-content-type-options: nosniff\r\n"
-        f"content-security-policy: {CSP_VALUE}\r\n"
-        "x-frame-options: DENY\r\n"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+    return (head + "\r\n").encode("latin-1") + body
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -146,10 +138,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(HTTPStatus.BAD_REQUEST, "bad_request", "The request is not valid HTTP/1.1.")
 
     def _refuse(self, status: HTTPStatus, code: str, detail: str) -> None:
-        log.warning("request_refused", reason=code, status=status.value, client=self._peer())
+        request_id = os.urandom(16).hex()  # in the body and the log line, to match them up
+        log.warning(
+            "request_refused",
+            reason=code,
+            status=status.value,
+            client=self._peer(),
+            request_id=request_id,
+        )
         metrics.CONNECTIONS_REFUSED.labels(code).inc()
         self._disarm()
-        self.transport.write(refusal(status, code, detail))
+        self.transport.write(refusal(status, code, detail, request_id))
         self.transport.close()
 
     def _peer(self) -> str:
