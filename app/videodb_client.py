@@ -13,6 +13,7 @@ import structlog
 from pydantic import SecretStr
 
 from app import __version__
+from app.asyncio_network import AsyncioTransport
 from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.fingerprint import fingerprint
 
@@ -36,10 +37,12 @@ class MintedToken:
 
 
 def build_http_client(timeout: float) -> httpx.AsyncClient:
-    """The shared client for VideoDB, with explicit connect/read/write/pool timeouts."""
+    """The shared client for VideoDB, with explicit connect/read/write/pool timeouts,
+    over the event loop's own transports (app/asyncio_network.py)."""
+    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
-        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20),
+        transport=AsyncioTransport(limits=limits),
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},
     )

@@ -1,7 +1,8 @@
 """Forwarders lighter than bench/bare_proxy.py, to see where one HTTP hop's time goes.
 
 `raw_app` writes HTTP/1.1 to an asyncio stream by hand: the floor for any Python hop.
-`httpx_app` is a bare ASGI app with one shared `httpx.AsyncClient`: the hop without FastAPI.
+`httpx_app` is a bare ASGI app with one shared `httpx.AsyncClient`: the hop without FastAPI;
+`httpx_asyncio_app` the same over the broker's transport (app/asyncio_network.py).
 Both answer POST on any path with the broker's response shape, for `BENCH_ONLY=hop`.
 """
 
@@ -13,7 +14,9 @@ import os
 from typing import Any
 
 import httpx
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.asyncio_network import AsyncioTransport
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9")
 API_KEY = os.environ.get("BENCH_API_KEY", "")
@@ -71,22 +74,30 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
     await _answer(send, json.loads(await reader.readexactly(length))["data"])
 
 
-async def httpx_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """The same forward through one shared httpx.AsyncClient, without FastAPI."""
+def _httpx_forwarder(transport: type[AsyncioTransport] | None) -> ASGIApp:
+    """A bare ASGI app forwarding through one shared httpx.AsyncClient, without FastAPI."""
 
     async def start() -> None:
-        _state["client"] = httpx.AsyncClient(timeout=5.0)
+        over = None if transport is None else transport(limits=httpx.Limits())
+        _state["client"] = httpx.AsyncClient(timeout=5.0, transport=over)
 
     async def stop() -> None:
         await _state["client"].aclose()
 
-    if scope["type"] == "lifespan":
-        await _lifespan(receive, send, start, stop)
-        return
-    await receive()
-    resp = await _state["client"].post(
-        UPSTREAM + "/capture/session/token",
-        content=_BODY,
-        headers={"Content-Type": "application/json", "x-access-token": API_KEY},
-    )
-    await _answer(send, resp.json()["data"])
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send, start, stop)
+            return
+        await receive()
+        resp = await _state["client"].post(
+            UPSTREAM + "/capture/session/token",
+            content=_BODY,
+            headers={"Content-Type": "application/json", "x-access-token": API_KEY},
+        )
+        await _answer(send, resp.json()["data"])
+
+    return app
+
+
+httpx_app = _httpx_forwarder(None)  # httpx's default transport: httpcore over anyio
+httpx_asyncio_app = _httpx_forwarder(AsyncioTransport)  # the broker's: httpcore over asyncio

@@ -254,7 +254,10 @@ def cache_miss_overhead(
 
 HOP_FORWARDERS = {
     "raw ASGI, HTTP/1.1 by hand on an asyncio stream (the floor)": "bench.hop_forwarders:raw_app",
-    "raw ASGI + httpx.AsyncClient": "bench.hop_forwarders:httpx_app",
+    "raw ASGI + httpx.AsyncClient (httpcore over anyio)": "bench.hop_forwarders:httpx_app",
+    "raw ASGI + httpx.AsyncClient over the broker's asyncio transport": (
+        "bench.hop_forwarders:httpx_asyncio_app"
+    ),
     "FastAPI + httpx.AsyncClient (bench/bare_proxy.py)": "bench.bare_proxy:app",
 }
 
