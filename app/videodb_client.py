@@ -36,11 +36,35 @@ class MintedToken:
     expires_at: int
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: the client is shared by every user's call."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Drop what VideoDB (or anything in front of it) tried to set."""
+
+
+class CookielessClient(httpx.AsyncClient):
+    """An httpx client whose cookie jar never fills.
+
+    One client serves every user's VideoDB call, so a cookie set on one user's call must
+    never be kept for another's. Not keeping it also saves the work httpx does per response
+    to offer it to the standard library's cookie jar (about 30 µs, docs/performance.md).
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, _: object) -> None:
+        pass  # httpx's constructor sets the jar; there is none to set
+
+
 def build_http_client(timeout: float) -> httpx.AsyncClient:
     """The shared client for VideoDB, with explicit connect/read/write/pool timeouts,
-    over the event loop's own transports (app/asyncio_network.py)."""
+    over the event loop's own transports (app/asyncio_network.py), keeping no cookies."""
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20)
-    return httpx.AsyncClient(
+    return CookielessClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
         transport=AsyncioTransport(limits=limits),
         follow_redirects=False,

@@ -172,7 +172,9 @@ async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -
         client = VideoDBClient(http, SecretStr(API_KEY), VIDEODB, 4.0)
         await client.mint("ada", 600)
         await client.mint("bob", 600)
+        kept = list(http.cookies.jar)
         await http.aclose()
+    assert kept == []  # the shared client keeps no cookie at all
     first, second = seen
     assert first.extensions["timeout"] == {"connect": 3.0, "read": 4.0, "write": 4.0, "pool": 4.0}
     assert first.headers["user-agent"] == CLIENT_ID
