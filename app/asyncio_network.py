@@ -3,14 +3,15 @@
 httpx sends through httpcore, and httpcore, under asyncio, through anyio: every read and
 write pays for a cancel scope with its own timer, an exception-mapping context manager, a
 checkpoint, and a `poll()` system call to ask whether an idle connection is still open.
-On the broker's cache miss that was about a third of one hop's time (docs/performance.md).
+Without it, one hop to VideoDB costs 0.2 ms less here (docs/performance.md).
 This backend implements httpcore's documented `AsyncNetworkBackend` interface on an
-`asyncio.Protocol` instead, as the maintained fork of httpcore does upstream (httpx2 pull
-request 1170): a read returns what is buffered or waits on one future with one timer; a
-write hands the bytes to the transport and waits only under back-pressure; whether an idle
-connection was closed is known from state. TLS goes through `loop.start_tls` with the SSL
-context httpx built (verification and host name checks as before), and every failure is
-raised as the same httpcore exception anyio's backend raises, so httpx maps it as before.
+`asyncio.Protocol` instead, as a pull request to httpx's maintained fork proposes (httpx2
+#1170, not in its 2.16.2 release): a read returns what is buffered or waits on one future
+with one timer; a write hands the bytes to the transport and waits only under
+back-pressure; whether an idle connection was closed is known from state. TLS goes through
+`loop.start_tls` with the SSL context httpx built (verification and host name checks as
+before), and every failure is raised as the same httpcore exception anyio's backend raises,
+so httpx maps it as before.
 """
 
 # httpcore's interface passes each operation's timeout as an argument:

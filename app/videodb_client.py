@@ -61,12 +61,18 @@ class CookielessClient(httpx.AsyncClient):
 
 
 def build_http_client(timeout: float) -> httpx.AsyncClient:
-    """The shared client for VideoDB, with explicit connect/read/write/pool timeouts,
-    over the event loop's own transports (app/asyncio_network.py), keeping no cookies."""
+    """The shared client for VideoDB, with explicit connect/read/write/pool timeouts, keeping
+    no cookies, and sending over the event loop's own transports (app/asyncio_network.py).
+
+    Ours is mounted for every URL rather than passed as `transport=`, which would make httpx
+    ignore the proxy settings of the environment: a VideoDB that HTTPS_PROXY covers still goes
+    through the proxy (httpx's own transport), as does one NO_PROXY exempts (httpx's default).
+    """
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20)
     return CookielessClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
-        transport=AsyncioTransport(limits=limits),
+        limits=limits,
+        mounts={"all://": AsyncioTransport(limits=limits)},
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},
     )

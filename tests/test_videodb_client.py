@@ -179,3 +179,72 @@ async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -
     assert first.extensions["timeout"] == {"connect": 3.0, "read": 4.0, "write": 4.0, "pool": 4.0}
     assert first.headers["user-agent"] == CLIENT_ID
     assert "cookie" not in second.headers  # one user's cookie never rides on another's call
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+async def _serve_once(answer: bytes, seen: list[bytes]) -> tuple[asyncio.Server, str]:
+    """A loopback server that records each request head and answers `answer`."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+_MINTED = b'{"success": true, "data": {"token": "st-via", "expires_in": 600}}'
+_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(_MINTED),
+    _MINTED,
+)
+
+
+async def test_calls_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import SecretStr
+
+    from app.videodb_client import VideoDBClient, build_http_client
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    seen: list[bytes] = []
+    proxy, proxy_url = await _serve_once(_ANSWER, seen)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    http = build_http_client(2.0)
+    try:
+        minted = await VideoDBClient(http, SecretStr(API_KEY), "http://videodb.invalid", 2.0).mint(
+            "ada", 600
+        )
+    finally:
+        await http.aclose()
+        proxy.close()
+    assert minted.token == "st-via"
+    assert seen[0].startswith(b"POST http://videodb.invalid/capture/session/token HTTP/1.1")
+
+
+async def test_without_a_proxy_calls_use_the_brokers_own_network_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.asyncio_network import AsyncioStream
+    from app.videodb_client import build_http_client
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    seen: list[bytes] = []
+    server, url = await _serve_once(_ANSWER, seen)
+    http = build_http_client(2.0)
+    try:
+        resp = await http.post(url + "/capture/session/token")
+        assert isinstance(resp.extensions["network_stream"], AsyncioStream)
+    finally:
+        await http.aclose()
+        server.close()
+    assert seen[0].startswith(b"POST /capture/session/token HTTP/1.1")
