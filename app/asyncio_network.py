@@ -181,7 +181,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         except (OSError, ssl.SSLError) as exc:
             self._transport.close()
             raise httpcore.ConnectError(str(exc)) from None
-        return AsyncioStream(cast(asyncio.Transport, tls), self._connection)
+        secured = cast(asyncio.Transport, tls)
+        self._connection.transport = secured  # flow control now goes through the TLS layer
+        return AsyncioStream(secured, self._connection)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "ssl_object":

@@ -203,6 +203,25 @@ async def test_tls_is_verified_against_the_trusted_certificates(tmp_path: Path) 
             assert resp.extensions["network_stream"].get_extra_info("ssl_object") is not None
 
 
+async def test_a_large_answer_over_tls_arrives_whole_through_the_read_ahead_bound(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    body = bytes(range(256)) * 8192  # 2 MiB, eight times the read-ahead bound
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    trusting = client(verify=ssl.create_default_context(cafile=str(cert)))
+    async with peer(large, tls=served) as url, trusting as http:
+        resp = await http.get(url)
+        assert resp.content == body
+
+
 async def test_a_tls_handshake_that_never_completes_is_a_connect_timeout() -> None:
     async def silent(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
         await reader.read()
