@@ -221,9 +221,9 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from None
+        # asyncio and uvloop both open TCP connections with TCP_NODELAY set already.
         sock: socket.socket | None = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for option in socket_options or ():
                 sock.setsockopt(*option)
         return AsyncioStream(transport, connection)

@@ -118,20 +118,11 @@ async def test_a_peer_that_stops_mid_answer_is_a_read_timeout_on_time() -> None:
             await http.get(url)
 
 
-async def test_a_peer_that_closes_mid_answer_is_a_protocol_error() -> None:
-    async def truncates(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(OK[:-1])
-        writer.close()
-
-    async with peer(truncates) as url, client() as http:
-        with pytest.raises(httpx.RemoteProtocolError):
-            await http.get(url)
-
-
-async def test_a_peer_that_closes_without_answering_is_a_protocol_error() -> None:
+@pytest.mark.parametrize("sent", [OK[:-1], b""], ids=["mid-answer", "without-answering"])
+async def test_a_peer_that_closes_early_is_a_protocol_error(sent: bytes) -> None:
     async def hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
+        writer.write(sent)
         writer.close()
 
     async with peer(hangs_up) as url, client() as http:

@@ -184,6 +184,15 @@ async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment that names no proxy, whatever the machine running the tests has."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
 async def _serve_once(answer: bytes, seen: list[bytes]) -> tuple[asyncio.Server, str]:
     """A loopback server that records each request head and answers `answer`."""
 
@@ -205,18 +214,15 @@ _ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length:
 
 
 async def test_calls_go_through_the_proxy_the_environment_names(
-    monkeypatch: pytest.MonkeyPatch,
+    no_proxy_settings: pytest.MonkeyPatch,
 ) -> None:
     from pydantic import SecretStr
 
     from app.videodb_client import VideoDBClient, build_http_client
 
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     seen: list[bytes] = []
     proxy, proxy_url = await _serve_once(_ANSWER, seen)
-    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    no_proxy_settings.setenv("HTTP_PROXY", proxy_url)
     http = build_http_client(2.0)
     try:
         minted = await VideoDBClient(http, SecretStr(API_KEY), "http://videodb.invalid", 2.0).mint(
@@ -229,15 +235,11 @@ async def test_calls_go_through_the_proxy_the_environment_names(
     assert seen[0].startswith(b"POST http://videodb.invalid/capture/session/token HTTP/1.1")
 
 
-async def test_without_a_proxy_calls_use_the_brokers_own_network_layer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("no_proxy_settings")
+async def test_without_a_proxy_calls_use_the_brokers_own_network_layer() -> None:
     from app.asyncio_network import AsyncioStream
     from app.videodb_client import build_http_client
 
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     seen: list[bytes] = []
     server, url = await _serve_once(_ANSWER, seen)
     http = build_http_client(2.0)
