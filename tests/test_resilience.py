@@ -13,6 +13,7 @@ import respx
 
 from app.circuit_breaker import CircuitBreaker, CircuitOpen
 from app.errors import UpstreamError, UpstreamUnavailable
+from app.resilient_upstream import ResilientVideoDB
 from app.sandbox.dev_issuer import DevIssuer
 from tests.conftest import AUDIENCE, TOKEN_PATH, bearer, upstream_ok
 
@@ -155,3 +156,34 @@ async def test_a_failed_probe_reopens_and_other_errors_do_not_count() -> None:
 def _state(breaker: CircuitBreaker) -> str:
     """Read the state afresh (it changes with time, which type narrowing cannot know)."""
     return breaker.state
+
+
+class _AlwaysBusy:
+    """A VideoDB client whose every call is a 503 with a short Retry-After."""
+
+    def __init__(self, hint: int) -> None:
+        self.hint = hint
+        self.budgets: list[float] = []
+
+    async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> Any:
+        assert budget is not None
+        self.budgets.append(budget)
+        raise UpstreamUnavailable("busy", self.hint, self.hint)
+
+
+@pytest.mark.parametrize(
+    ("deadline", "calls"),
+    [(10.0, 3), (1.5, 2)],  # three attempts at most; fewer when the deadline comes first
+)
+async def test_retries_stop_at_the_attempt_cap_or_the_deadline(deadline: float, calls: int) -> None:
+    client = _AlwaysBusy(hint=1)
+    upstream = ResilientVideoDB(client, CircuitBreaker(100, 30), deadline)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):
+        await upstream.mint("u", 600)
+    elapsed = time.monotonic() - started
+    assert len(client.budgets) == calls
+    assert elapsed < min(deadline, calls * 1.0 + 0.5)
+    # Each attempt gets only what is left of the one deadline.
+    assert client.budgets[0] == pytest.approx(deadline, abs=0.05)
+    assert client.budgets[1] == pytest.approx(deadline - 1.0, abs=0.1)
