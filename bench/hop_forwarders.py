@@ -3,7 +3,7 @@
 `raw_app` writes HTTP/1.1 to an asyncio stream by hand: the floor for any Python hop.
 `httpx_app` is a bare ASGI app with one shared `httpx.AsyncClient`: the hop without FastAPI;
 `httpx_asyncio_app` the same over the broker's transport (app/asyncio_network.py).
-Both answer POST on any path with the broker's response shape, for `BENCH_ONLY=hop`.
+Each answers POST on any path with the broker's response shape, for `BENCH_ONLY=hop`.
 """
 
 from __future__ import annotations

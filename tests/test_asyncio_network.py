@@ -84,8 +84,10 @@ async def test_requests_travel_on_our_streams_over_one_kept_alive_connection() -
 
 
 async def test_a_kept_alive_connection_the_peer_closed_is_not_reused() -> None:
-    async def one_answer_then_close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(_)
+    async def one_answer_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
         writer.write(OK)
         await writer.drain()
         writer.close()  # the keep-alive timeout of a server, while the client is idle

@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from pydantic import SecretStr
 
+from app.asyncio_network import AsyncioStream
 from app.sandbox.dev_issuer import DevIssuer
-from app.videodb_client import true_expiry
+from app.videodb_client import CLIENT_ID, VideoDBClient, build_http_client, true_expiry
 from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, VIDEODB, bearer
 
 Build = Callable[..., Any]
@@ -152,10 +154,6 @@ def test_upstream_base_url_is_used_exactly(make_settings: Callable[..., Any]) ->
 
 
 async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -> None:
-    from pydantic import SecretStr
-
-    from app.videodb_client import CLIENT_ID, VideoDBClient, build_http_client
-
     seen: list[httpx.Request] = []
 
     def videodb(request: httpx.Request) -> httpx.Response:
@@ -216,10 +214,6 @@ _ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length:
 async def test_calls_go_through_the_proxy_the_environment_names(
     no_proxy_settings: pytest.MonkeyPatch,
 ) -> None:
-    from pydantic import SecretStr
-
-    from app.videodb_client import VideoDBClient, build_http_client
-
     seen: list[bytes] = []
     proxy, proxy_url = await _serve_once(_ANSWER, seen)
     no_proxy_settings.setenv("HTTP_PROXY", proxy_url)
@@ -237,9 +231,6 @@ async def test_calls_go_through_the_proxy_the_environment_names(
 
 @pytest.mark.usefixtures("no_proxy_settings")
 async def test_without_a_proxy_calls_use_the_brokers_own_network_layer() -> None:
-    from app.asyncio_network import AsyncioStream
-    from app.videodb_client import build_http_client
-
     seen: list[bytes] = []
     server, url = await _serve_once(_ANSWER, seen)
     http = build_http_client(2.0)
