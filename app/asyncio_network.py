@@ -3,7 +3,7 @@
 httpx sends through httpcore, and httpcore, under asyncio, through anyio: every read and
 write pays for a cancel scope with its own timer, an exception-mapping context manager, a
 checkpoint, and a `poll()` system call to ask whether an idle connection is still open.
-Without it, one hop to VideoDB costs 0.2 ms less here (docs/performance.md).
+Without anyio, one hop to VideoDB costs about 0.2 ms less here (docs/performance.md).
 This backend implements httpcore's documented `AsyncNetworkBackend` interface on an
 `asyncio.Protocol` instead, as a pull request to httpx's maintained fork proposes (httpx2
 #1170, not in its 2.16.2 release): a read returns what is buffered or waits on one future
