@@ -61,6 +61,12 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
+# HEAD too (RFC 9110 asks it of every GET resource): some load balancers' health checks and
+# `curl -I` use it. Left out of the OpenAPI document, where it would repeat GET without a body.
+for _path, _probe in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text format; probes Redis first so its gauge is current."""

@@ -323,6 +323,15 @@ def test_health_and_readiness(broker: BrokerProcess) -> None:
     }
 
 
+def test_health_and_readiness_answer_head_probes(broker: BrokerProcess) -> None:
+    for path in ("/healthz", "/readyz"):
+        probe = httpx.head(broker.url + path)
+        assert probe.status_code == 200, path
+        assert probe.content == b""
+        assert probe.headers["content-type"] == "application/json"
+        assert int(probe.headers["content-length"]) > 0  # the length GET's body would have
+
+
 def test_hsts_only_for_https_seen_through_a_trusted_proxy(broker: BrokerProcess) -> None:
     via_proxy = httpx.get(broker.url + "/healthz", headers={"X-Forwarded-Proto": "https"})
     assert via_proxy.headers["strict-transport-security"].startswith("max-age=")
