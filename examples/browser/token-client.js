@@ -1,6 +1,12 @@
 // A dependency-free helper for browser apps: gets a VideoDB session token from the broker
 // with the user's bearer token, keeps it, and refreshes it ahead of expiry (and when VideoDB
-// answers 401), with at most one request to the broker in flight.
+// answers 401), with at most one request to the broker in flight. A refresh that fails for a
+// passing reason (network, 408, 429, 5xx) is retried after Retry-After or a growing backoff,
+// and the token already held is used until it expires.
+
+// Statuses worth trying again later; anything else (401, 403, 422) needs the app to act.
+const RETRYABLE = new Set([408, 429, 500, 502, 503, 504]);
+const MAX_BACKOFF_SECONDS = 60;
 
 export class BrokerError extends Error {
   constructor(problem, status) {
@@ -34,14 +40,25 @@ export class SessionTokenClient {
     this.inFlight = null; // the one pending request, shared by every caller
     this.timer = null;
     this.refreshes = 0;
+    this.failures = 0; // consecutive failed refreshes, for the backoff
+    this.generation = 0; // bumped by stop(): an answer to an older request is dropped
   }
 
-  /** The current token, fetching a new one if there is none or it is about to expire. */
+  /**
+   * The current token, fetching a new one if there is none or it is about to expire. If that
+   * fetch fails while the token held has not expired, the token held is returned.
+   */
   async getToken() {
     if (this.current && this.secondsLeft() > this.margin(this.current)) {
       return this.current.token;
     }
-    return (await this.refresh()).token;
+    const held = this.current;
+    try {
+      return (await this.refresh()).token;
+    } catch (error) {
+      if (held && held === this.current && this.secondsLeft() > 1) return held.token;
+      throw error;
+    }
   }
 
   /** Call when VideoDB answers 401 to the token: the next getToken() fetches a fresh one. */
@@ -55,6 +72,7 @@ export class SessionTokenClient {
     clearTimeout(this.timer);
     this.timer = null;
     this.current = null;
+    this.generation += 1;
   }
 
   secondsLeft() {
@@ -77,6 +95,7 @@ export class SessionTokenClient {
   }
 
   async fetchToken() {
+    const generation = this.generation;
     const idToken = await this.getIdToken();
     const body = this.expiresIn ? JSON.stringify({ expires_in: this.expiresIn }) : "{}";
     let response;
@@ -89,9 +108,7 @@ export class SessionTokenClient {
         cache: "no-store",
       });
     } catch (networkError) {
-      this.onError(networkError);
-      this.schedule(5);
-      throw networkError;
+      throw this.failed(networkError, generation, true);
     }
     if (!response.ok) {
       let problem = {};
@@ -100,17 +117,29 @@ export class SessionTokenClient {
       } catch {}
       problem.retryAfter = Number(response.headers.get("Retry-After")) || undefined;
       const error = new BrokerError(problem, response.status);
-      this.onError(error);
-      if (error.retryAfter) this.schedule(error.retryAfter);
-      throw error;
+      throw this.failed(error, generation, RETRYABLE.has(response.status));
     }
     const data = await response.json();
+    if (generation !== this.generation) throw new Error("stopped while the token was on its way");
     const now = Date.now() / 1000;
     this.current = { token: data.token, expiresAt: now + data.expires_in, receivedAt: now };
     this.refreshes += 1;
+    this.failures = 0;
     this.schedule(Math.max(1, data.expires_in - this.margin(this.current)));
     this.onToken({ token: this.current.token, expiresAt: this.current.expiresAt });
     return this.current;
+  }
+
+  /** Report a failed refresh and, for a passing failure, schedule the next attempt. */
+  failed(error, generation, retryable) {
+    if (generation !== this.generation) return error; // stopped meanwhile: stay quiet
+    this.failures += 1;
+    this.onError(error);
+    if (retryable) {
+      const backoff = Math.min(MAX_BACKOFF_SECONDS, 2 ** this.failures);
+      this.schedule(error.retryAfter || backoff);
+    }
+    return error;
   }
 
   schedule(seconds) {

@@ -1,5 +1,7 @@
 """What a desktop capture app does at start-up: get a VideoDB session token from the broker
 with the user's bearer token, hand it to VideoDB's capture client, refresh it before expiry.
+A refresh that fails for a passing reason (the broker unreachable, 408, 429, 5xx) is tried
+again after Retry-After or a growing backoff while the token held stays in use.
 
     python capture_app.py --broker https://broker.example.com --id-token "$ID_TOKEN"
 
@@ -21,6 +23,9 @@ from typing import Any
 import httpx
 
 TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
+# Statuses worth trying again later; anything else (401, 403, 422) needs the user or the app.
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 60.0
 
 
 class BrokerRefused(Exception):
@@ -52,6 +57,7 @@ class SessionTokenKeeper:
         self._http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
         self.token: str | None = None
         self.expires_at = 0.0
+        self.lifetime = 0.0  # what the broker granted the current token, in seconds
         self.fetches = 0
 
     def get(self) -> str:
@@ -73,9 +79,13 @@ class SessionTokenKeeper:
     def seconds_until_refresh(self) -> float:
         return max(0.5, self.expires_at - time.time() - self._refresh_margin())
 
+    def seconds_left(self) -> float:
+        return max(0.0, self.expires_at - time.time()) if self.token else 0.0
+
     def _refresh_margin(self) -> float:
-        lifetime = self._expires_in or 900
-        return min(self._margin, lifetime / 2)
+        # The granted lifetime, not the one asked for: the broker's default or VideoDB may
+        # give less, and a margin longer than the token would mean fetching without pause.
+        return min(self._margin, self.lifetime / 2)
 
     def _fetch(self) -> None:
         body = {"expires_in": self._expires_in} if self._expires_in else {}
@@ -91,7 +101,8 @@ class SessionTokenKeeper:
             raise BrokerRefused(response.status_code, problem, float(retry) if retry else None)
         data = response.json()
         self.token = data["token"]
-        self.expires_at = time.time() + data["expires_in"]
+        self.lifetime = float(data["expires_in"])
+        self.expires_at = time.time() + self.lifetime
         self.fetches += 1
         emit(
             "token_received",
@@ -102,6 +113,18 @@ class SessionTokenKeeper:
 
     def close(self) -> None:
         self._http.close()
+
+
+def retry_delay(error: Exception, failures: int) -> float | None:
+    """Seconds to wait before the next attempt, or None when trying again cannot help."""
+    if isinstance(error, BrokerRefused):
+        if error.status not in RETRYABLE:
+            return None
+        if error.retry_after:
+            return error.retry_after
+    elif not isinstance(error, httpx.TransportError):
+        return None
+    return min(MAX_BACKOFF_S, 2.0**failures)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -136,31 +159,60 @@ def main(argv: list[str] | None = None) -> int:
         print("no bearer token: pass --id-token or set ID_TOKEN", file=sys.stderr)
         return 2
     keeper = SessionTokenKeeper(args.broker, args.id_token, args.expires_in, args.margin)
+    deadline = time.time() + args.run_for if args.run_for else float("inf")
+    handed, failures = False, 0
     try:
-        hand_to_videodb(keeper.get())
-        deadline = time.time() + args.run_for if args.run_for else float("inf")
-        while time.time() < deadline:
-            time.sleep(min(keeper.seconds_until_refresh(), max(0.0, deadline - time.time())))
-            if time.time() < deadline:
-                keeper.get()
-    except BrokerRefused as exc:
-        emit(
-            "broker_refused",
-            status=exc.status,
-            code=exc.code,
-            detail=str(exc),
-            retry_after=exc.retry_after,
-        )
-        return 1
-    except httpx.HTTPError as exc:
-        emit("broker_unreachable", error=type(exc).__name__)
-        return 1
+        while True:
+            try:
+                token = keeper.get()
+            except (BrokerRefused, httpx.HTTPError) as exc:
+                failures += 1
+                delay = retry_delay(exc, failures)
+                if delay is None:
+                    report_failure(exc)
+                    return 1
+                emit(
+                    "refresh_failed",
+                    reason=describe(exc),
+                    retry_in=delay,
+                    token_seconds_left=round(keeper.seconds_left(), 1),
+                )
+                wait = delay
+            else:
+                failures = 0
+                if not handed:
+                    hand_to_videodb(token)
+                    handed = True
+                wait = keeper.seconds_until_refresh()
+            now = time.time()
+            if now + wait >= deadline:
+                time.sleep(max(0.0, deadline - now))
+                break
+            time.sleep(wait)
     except KeyboardInterrupt:
         pass
     finally:
         keeper.close()
     emit("stopped", fetches=keeper.fetches)
     return 0
+
+
+def describe(error: Exception) -> str:
+    """The problem's code, or the kind of network failure (never a token)."""
+    return error.code if isinstance(error, BrokerRefused) else type(error).__name__
+
+
+def report_failure(error: Exception) -> None:
+    if isinstance(error, BrokerRefused):
+        emit(
+            "broker_refused",
+            status=error.status,
+            code=error.code,
+            detail=str(error),
+            retry_after=error.retry_after,
+        )
+    else:
+        emit("broker_unreachable", error=type(error).__name__)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def clean_env(**settings: str) -> dict[str, str]:
 class BrokerProcess:
     """`token-broker serve` in a subprocess; its output is kept for leak checks."""
 
-    def __init__(self, settings: dict[str, str], args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+    def __init__(
+        self, settings: dict[str, str], args: tuple[str, ...] = (), port: int | None = None
+    ) -> None:
+        self.port = port or free_port()  # a port of its own, or a stopped broker's again
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix="broker-", suffix=".log", delete=False)  # noqa: SIM115
         self._workdir = tempfile.mkdtemp(prefix="broker-cwd-")

@@ -4,12 +4,16 @@ desktop program."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from tests.fakes.broker_process import REPO, BrokerProcess
@@ -32,10 +36,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+def _static_site() -> Starlette:
+    """examples/browser as a web server serves it: a missing file (the favicon) is a 404."""
+    return Starlette(routes=[Mount("/", StaticFiles(directory=REPO / "examples" / "browser"))])
+
+
 @pytest.fixture(scope="module")
 def page_server() -> Iterator[ThreadedServer]:
     """examples/browser served from its own origin, as a partner's app would be."""
-    server = ThreadedServer(StaticFiles(directory=REPO / "examples" / "browser")).start()
+    server = ThreadedServer(_static_site()).start()
     yield server
     server.stop()
 
@@ -59,6 +68,42 @@ def short_lived_broker(
     process = BrokerProcess(settings).wait_ready()
     yield process
     process.terminate()
+
+
+class RestartableBroker:
+    """A broker that can go away and come back on the same address, as in a rolling update."""
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        self._settings = settings
+        self.process = BrokerProcess(settings).wait_ready()
+        self.url = self.process.url
+
+    def stop(self) -> None:
+        self.process.terminate()
+
+    def start(self) -> None:
+        self.process = BrokerProcess(self._settings, port=self.process.port).wait_ready()
+
+
+@pytest.fixture
+def restartable_broker(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    page_server: ThreadedServer,
+) -> Iterator[RestartableBroker]:
+    _, server = videodb_server
+    broker = RestartableBroker(
+        broker_settings(
+            idp,
+            server.url,
+            BROKER_CORS_ORIGINS=page_server.url,
+            BROKER_TOKEN_MIN_TTL="2",
+            BROKER_TOKEN_DEFAULT_TTL="6",
+            BROKER_TOKEN_MAX_TTL="60",
+        )
+    )
+    yield broker
+    broker.stop()
 
 
 def _page_text(
@@ -129,7 +174,7 @@ def test_browser_page_gets_and_refreshes_a_token_across_origins(
 def test_browser_page_from_an_unlisted_origin_is_refused(
     short_lived_broker: BrokerProcess, idp: FakeIdentityProvider
 ) -> None:
-    other = ThreadedServer(StaticFiles(directory=REPO / "examples" / "browser")).start()
+    other = ThreadedServer(_static_site()).start()
     try:
         query = urlencode(
             {
@@ -149,6 +194,62 @@ def test_browser_page_from_an_unlisted_origin_is_refused(
         r.get("event") == "token_issued" and r.get("user_id") == "elsewhere"
         for r in short_lived_broker.log_records()
     )
+
+
+def test_browser_page_rides_out_a_broker_restart(
+    restartable_broker: RestartableBroker,
+    page_server: ThreadedServer,
+    idp: FakeIdentityProvider,
+) -> None:
+    """The broker goes away: the page keeps the token it holds, and gets a new one by
+    itself once the broker is back."""
+    from playwright.sync_api import sync_playwright
+
+    query = urlencode(
+        {
+            "broker": restartable_broker.url,
+            "id_token": idp.issuers[0].mint("browser-restart", AUDIENCE),
+            "expires_in": "10",
+            "margin": "5",
+        }
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=require_binary("chromium"), args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{page_server.url}/index.html?{query}")
+            page.wait_for_function("document.getElementById('refreshes').textContent === '1'")
+            first = page.inner_text("#token")
+            restartable_broker.stop()
+            # The scheduled refresh (5 s before expiry) fails; asked for a token right then,
+            # the helper answers with the one it holds instead of an error.
+            outcome = page.evaluate(
+                """async () => {
+                    const c = window.tokenClient;
+                    const held = c.current.token;
+                    const error = await new Promise((resolve) => {
+                        const report = c.onError;
+                        c.onError = (e) => { report(e); resolve(e); };
+                    });
+                    const answer = await c.getToken();
+                    return {error: error.name, same: answer === held, left: c.secondsLeft()};
+                }"""
+            )
+            restartable_broker.start()
+            page.wait_for_function(
+                "document.getElementById('refreshes').textContent === '2'", timeout=20_000
+            )
+            status, second = page.inner_text("#status"), page.inner_text("#token")
+        finally:
+            browser.close()
+    assert outcome["error"] == "TypeError"  # fetch's network error: the broker was gone
+    assert outcome["same"] is True
+    assert outcome["left"] > 1
+    assert status == "ready"
+    assert second.startswith("st-")
+    assert second != first
 
 
 def _desktop(*args: str) -> tuple[int, list[dict[str, object]], str]:
@@ -197,3 +298,55 @@ def test_desktop_program_reports_a_refusal(
     code, _, output = _desktop("--broker", short_lived_broker.url)
     assert code == 2
     assert "ID_TOKEN" in output
+
+
+def test_desktop_program_paces_refreshes_by_the_lifetime_granted(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider
+) -> None:
+    """No --expires-in: the broker's default (4 s here) decides, not the 300 s margin."""
+    bearer = idp.issuers[0].mint("desktop-default-ttl", AUDIENCE)
+    code, events, output = _desktop(
+        "--broker", short_lived_broker.url, "--id-token", bearer, "--run-for", "5"
+    )
+    assert code == 0, output
+    received = [e for e in events if e["event"] == "token_received"]
+    assert [e["expires_in"] for e in received[:1]] == [4]
+    assert 2 <= len(received) <= 4, received  # one every ~2 s, not one per loop turn
+
+
+def test_desktop_program_rides_out_a_broker_restart(
+    restartable_broker: RestartableBroker, idp: FakeIdentityProvider
+) -> None:
+    bearer = idp.issuers[0].mint("desktop-restart", AUDIENCE)
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "desktop" / "capture_app.py"),
+        *("--broker", restartable_broker.url, "--id-token", bearer),
+        *("--expires-in", "6", "--margin", "3", "--run-for", "40"),
+    ]
+    events: list[dict[str, object]] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as app:
+        watchdog = threading.Timer(40, app.kill)
+        watchdog.start()
+        try:
+            assert app.stdout is not None
+            for line in app.stdout:
+                events.append(json.loads(line))
+                kind = events[-1]["event"]
+                received = [e for e in events if e["event"] == "token_received"]
+                failures = [e for e in events if e["event"] == "refresh_failed"]
+                if kind == "token_received" and len(received) == 1:
+                    restartable_broker.stop()  # gone while the app holds a 6 s token
+                elif kind == "refresh_failed" and len(failures) == 1:
+                    restartable_broker.start()  # back on the same address
+                elif kind == "token_received":
+                    app.send_signal(signal.SIGINT)  # the user quits
+            assert app.wait(timeout=10) == 0
+        finally:
+            watchdog.cancel()
+    failed = [e for e in events if e["event"] == "refresh_failed"]
+    assert failed, events
+    assert failed[0]["reason"] == "ConnectError"
+    assert 0 < float(str(failed[0]["token_seconds_left"])) <= 3  # the held token still valid
+    assert [e["event"] for e in events].count("token_received") == 2
+    assert events[-1] == {"event": "stopped", "fetches": 2}
