@@ -142,7 +142,8 @@ def test_browser_page_gets_and_refreshes_a_token_across_origins(
         }
     )
     # After two scheduled refreshes: VideoDB says 401 three times at once; the helper makes
-    # one request for all of them.
+    # one request for all of them. Then the user signs out while a refresh is on its way:
+    # its answer is dropped and nothing is scheduled.
     shown = _page_text(
         f"{page_server.url}/index.html?{query}",
         "Number(document.getElementById('refreshes').textContent) >= 2",
@@ -151,10 +152,14 @@ def test_browser_page_gets_and_refreshes_a_token_across_origins(
             c.stop();
             const before = c.refreshes;
             await Promise.all([c.invalidate(), c.invalidate(), c.getToken()]);
-            return c.refreshes - before;
+            const shared = c.refreshes - before;
+            const pending = c.refresh();
+            c.stop();
+            const late = await pending.then(() => "kept", () => "dropped");
+            return [shared, late, c.current === null, c.timer === null].join(" ");
         }""",
     )
-    assert shown["js"] == "1"
+    assert shown["js"] == "1 dropped true true"
     assert shown["status"] == "ready"
     assert shown["token"].startswith("st-")
     assert shown["error"] == "none"
