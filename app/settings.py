@@ -21,6 +21,7 @@ JWKS_ALGORITHMS = frozenset(
 )
 SHARED_SECRET_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name
 MIN_SHARED_SECRET_BYTES = 32
+MIN_KEY_CHARS = 8  # 'sk-' and a little: real keys are far longer; this catches 'sk-' alone
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -125,8 +126,15 @@ class Settings(BaseSettings):
     @classmethod
     def _key_shape(cls, value: SecretStr) -> SecretStr:
         raw = value.get_secret_value()
-        if not raw.startswith("sk-") or len(raw) < 8 or any(c.isspace() for c in raw):
+        if any(c.isspace() for c in raw):
+            # Most often a newline kept from a secret file (`kubectl create secret --from-file`)
+            raise ValueError("holds whitespace (a trailing newline from a file?); remove it")
+        if not raw.startswith("sk-"):
             raise ValueError("must be a VideoDB secret key starting with 'sk-'")
+        if len(raw) < MIN_KEY_CHARS:
+            raise ValueError(
+                f"is too short for a VideoDB secret key ('sk-' and {MIN_KEY_CHARS - 3}+ more)"
+            )
         return value
 
     @field_validator("videodb_api", "auth_jwks_url", "auth_issuer")

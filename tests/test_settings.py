@@ -104,6 +104,8 @@ def test_loopback_http_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ({"VIDEO_DB_API_KEY": None}, "VIDEO_DB_API_KEY", "required"),
         ({"VIDEO_DB_API_KEY": "pk-not-a-secret-key"}, "VIDEO_DB_API_KEY", "sk-"),
+        ({"VIDEO_DB_API_KEY": "sk-from-a-file\n"}, "VIDEO_DB_API_KEY", "trailing newline"),
+        ({"VIDEO_DB_API_KEY": "sk-abc"}, "VIDEO_DB_API_KEY", "too short"),
         ({"BROKER_AUTH_AUDIENCE": None}, "BROKER_AUTH_AUDIENCE", "required"),
         ({"VIDEO_DB_API": "http://api.videodb.io"}, "VIDEO_DB_API", "https"),
         ({"BROKER_AUTH_JWKS_URL": "http://idp.example.com/jwks"}, "BROKER_AUTH_JWKS_URL", "https"),
