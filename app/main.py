@@ -23,7 +23,7 @@ from app.rate_limit import UserRateLimiter
 from app.request_context import RequestContextMiddleware
 from app.resilient_upstream import ResilientVideoDB
 from app.routes_ops import router as ops_router
-from app.routes_token import TOKEN_PATH, TokenEndpointServices, document_request_body
+from app.routes_token import TOKEN_PATH, TokenEndpointServices, document_token_endpoint
 from app.routes_token import router as token_router
 from app.settings import ConfigError, Settings, load_settings
 from app.shared_state import SharedState
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(token_router)
     app.include_router(ops_router)
-    document_request_body(app, settings)
+    document_token_endpoint(app, settings)
     # Added innermost first: CORS sees requests after the request id is bound. Layers with
     # nothing to do are left out: each costs every request (docs/performance.md).
     token_route = next(r for r in token_router.routes if getattr(r, "path", None) == TOKEN_PATH)

@@ -144,14 +144,17 @@ async def serve_token(request: Request, services: TokenEndpointServices) -> Resp
     return Response(body, media_type="application/json", headers=_NO_STORE)
 
 
-def document_request_body(app: FastAPI, settings: Settings) -> None:
-    """Publish the body schema with this deployment's lifetime range in the OpenAPI document."""
+def document_token_endpoint(app: FastAPI, settings: Settings) -> None:
+    """Publish this deployment's body schema (its lifetime range) and credentials (a bearer
+    JWT, and the cookie when one is configured) in the OpenAPI document, so that a client
+    generated from it sends what the endpoint needs."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original()
-            body = schema["paths"][TOKEN_PATH]["post"]["requestBody"]["content"]
+            operation = schema["paths"][TOKEN_PATH]["post"]
+            body = operation["requestBody"]["content"]
             body["application/json"]["schema"] = {
                 "type": "object",
                 "additionalProperties": False,
@@ -165,6 +168,23 @@ def document_request_body(app: FastAPI, settings: Settings) -> None:
                     }
                 },
             }
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["userJWT"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "the end user's JWT from the partner's identity provider",
+            }
+            operation["security"] = [{"userJWT": []}]
+            if settings.auth_cookie_name:
+                schemes["userJWTCookie"] = {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": settings.auth_cookie_name,
+                    "description": "the same JWT in a cookie; the request must then also "
+                    "carry the header 'X-CSRF: 1'",
+                }
+                operation["security"].append({"userJWTCookie": []})
         return app.openapi_schema or original()
 
     app.openapi = openapi  # type: ignore[method-assign]

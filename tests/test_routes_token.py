@@ -116,6 +116,36 @@ async def test_oversized_body_is_refused(
     assert not network["videodb"].called
 
 
+@pytest.mark.parametrize("cookie", [None, "session_jwt"])
+async def test_openapi_document_says_what_the_endpoint_needs(
+    app_client: Build, make_settings: Any, cookie: str | None
+) -> None:
+    """A client generated from the document sends the JWT and a body in this deployment's range."""
+    settings = make_settings(token_min_ttl=120, auth_cookie_name=cookie)
+    client = await app_client(settings)
+    document = (await client.get("/openapi.json")).json()
+    operation = document["paths"][TOKEN_PATH]["post"]
+    ttl = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert ttl["properties"]["expires_in"]["minimum"] == 120
+    assert ttl["additionalProperties"] is False
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["userJWT"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": schemes["userJWT"]["description"],
+    }
+    if cookie is None:
+        assert operation["security"] == [{"userJWT": []}]
+        assert "userJWTCookie" not in schemes
+    else:
+        assert operation["security"] == [{"userJWT": []}, {"userJWTCookie": []}]
+        assert schemes["userJWTCookie"]["in"] == "cookie"
+        assert schemes["userJWTCookie"]["name"] == cookie
+        assert "X-CSRF" in schemes["userJWTCookie"]["description"]
+    assert "security" not in document["paths"]["/healthz"]["get"]
+
+
 async def test_missing_credentials_is_401_with_challenge(app_client: Build) -> None:
     client = await app_client()
     for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer "}):
