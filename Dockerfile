@@ -32,6 +32,6 @@ WORKDIR /srv
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; u = 'http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'); sys.exit(0 if urllib.request.urlopen(u, timeout=2).status == 200 else 1)"]
+    CMD ["python", "-m", "app.healthcheck", "/healthz"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["token-broker", "serve", "--host", "0.0.0.0"]

@@ -4,6 +4,7 @@ unprivileged uid in a read-only working directory, and check that it starts and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from jose import jwt
 
 from tests.fakes.broker_process import REPO, free_port
 from tests.fakes.redis_server import require_binary
 from tests.fakes.servers import ThreadedServer
+from tests.fakes.tls import self_signed_certificate
 from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import API_KEY
 
@@ -71,6 +74,52 @@ def image_venv() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _as_image_user(venv: Path, command: list[str]) -> list[str]:
+    """`command` (the image's, with its programs found in the venv) run as uid 10001."""
+    program = str(venv / "bin" / command[0])
+    if os.geteuid() != 0:
+        return [program, *command[1:]]
+    setpriv = require_binary("setpriv")
+    ids = [f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
+    return [setpriv, *ids, program, *command[1:]]
+
+
+def _image_env(venv: Path, port: int, videodb_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PORT": str(port),
+        "HOME": "/nonexistent",
+        "VIDEO_DB_API_KEY": API_KEY,
+        "VIDEO_DB_API": videodb_url,
+        "BROKER_AUTH_HS256_SECRET": SECRET,
+        "BROKER_AUTH_AUDIENCE": "image",
+        **extra,
+    }
+
+
+def _health_checks() -> dict[str, list[str]]:
+    """The commands Docker runs to check the container: the image's and compose's."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    after = dockerfile[dockerfile.index("HEALTHCHECK") :]
+    image = json.loads(after[after.index("CMD") + 3 :].splitlines()[0])
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    test = compose["services"]["broker"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    return {"image": image, "compose": test[1:]}
+
+
+def _healthy(venv: Path, env: dict[str, str], workdir: Path) -> dict[str, int]:
+    """Each health check's exit status, run as the image's user."""
+    return {
+        name: subprocess.run(
+            _as_image_user(venv, command), env=env, cwd=workdir, timeout=30, check=False
+        ).returncode
+        for name, command in _health_checks().items()
+    }
+
+
 def test_image_command_serves_as_its_user_in_a_read_only_directory(
     image_venv: Path, videodb_server: tuple[FakeVideoDB, ThreadedServer]
 ) -> None:
@@ -80,30 +129,15 @@ def test_image_command_serves_as_its_user_in_a_read_only_directory(
     workdir.mkdir()
     workdir.chmod(0o555)
     port = free_port()
-    env = {
-        "PATH": f"{image_venv / 'bin'}:/usr/bin:/bin",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PORT": str(port),
-        "HOME": "/nonexistent",
-        "VIDEO_DB_API_KEY": API_KEY,
-        "VIDEO_DB_API": server.url,
-        "BROKER_AUTH_HS256_SECRET": SECRET,
-        "BROKER_AUTH_AUDIENCE": "image",
-    }
+    env = _image_env(image_venv, port, server.url)
     command = ["token-broker", "serve", "--host", "0.0.0.0"]  # the image's ENTRYPOINT
-    if os.geteuid() == 0:
-        setpriv = require_binary("setpriv")
-        command = [
-            setpriv,
-            f"--reuid={IMAGE_UID}",
-            f"--regid={IMAGE_UID}",
-            "--clear-groups",
-            str(image_venv / "bin" / "token-broker"),
-            *command[1:],
-        ]
     proc = subprocess.Popen(
-        command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        _as_image_user(image_venv, command),
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -130,6 +164,7 @@ def test_image_command_serves_as_its_user_in_a_read_only_directory(
         )
         assert resp.status_code == 200, resp.text
         assert resp.json()["token"].startswith("st-")
+        assert _healthy(image_venv, env, workdir) == {"image": 0, "compose": 0}
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=40)[0]
     finally:
@@ -140,3 +175,52 @@ def test_image_command_serves_as_its_user_in_a_read_only_directory(
     assert "Traceback" not in output
     assert "Permission denied" not in output
     assert not any(workdir.iterdir())
+    assert _healthy(image_venv, env, workdir) == {"image": 1, "compose": 1}  # nobody answers
+
+
+def test_image_health_checks_follow_the_broker_onto_tls(
+    image_venv: Path, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> None:
+    """With BROKER_TLS_* the broker speaks only HTTPS; the container must still be healthy."""
+    _, server = videodb_server
+    files = Path(tempfile.mkdtemp(prefix="broker-tls-", dir=image_venv.parent))
+    files.chmod(0o755)
+    cert, key = self_signed_certificate(files)
+    cert.chmod(0o644)
+    key.chmod(0o644)  # readable by the image's user, as a mounted Secret would be
+    port = free_port()
+    env = _image_env(
+        image_venv,
+        port,
+        server.url,
+        BROKER_TLS_CERT_FILE=str(cert),
+        BROKER_TLS_KEY_FILE=str(key),
+    )
+    command = ["token-broker", "serve", "--host", "0.0.0.0"]
+    proc = subprocess.Popen(
+        _as_image_user(image_venv, command),
+        env=env,
+        cwd=files,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _healthy(image_venv, env, files) != {"image": 0, "compose": 0}:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never healthy over TLS:\n{_output(proc)}")
+            time.sleep(0.2)
+        plain = {**env, "BROKER_TLS_CERT_FILE": ""}  # asking in plain HTTP gets nowhere
+        assert _healthy(image_venv, plain, files) == {"image": 1, "compose": 1}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _output(proc)
+
+
+def _output(proc: subprocess.Popen[str]) -> str:
+    try:
+        return proc.communicate(timeout=40)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
