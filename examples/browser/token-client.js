@@ -23,15 +23,27 @@ export class SessionTokenClient {
   /**
    * @param {object} options
    * @param {string} options.brokerUrl e.g. "https://broker.example.com"
-   * @param {() => Promise<string> | string} options.getIdToken the user's JWT from your IdP
+   * @param {() => Promise<string> | string} [options.getIdToken] the user's JWT from your IdP
+   * @param {boolean} [options.cookie=false] send the JWT cookie your backend set instead
+   *   (the broker's BROKER_AUTH_COOKIE_NAME mode): credentials included, plus `X-CSRF: 1`
    * @param {number} [options.expiresIn] lifetime to ask for, in seconds (broker default if unset)
    * @param {number} [options.refreshMarginSeconds=300] refresh this long before expiry
    * @param {(token: {token: string, expiresAt: number}) => void} [options.onToken]
    * @param {(error: Error) => void} [options.onError]
    */
-  constructor({ brokerUrl, getIdToken, expiresIn, refreshMarginSeconds = 300, onToken, onError }) {
+  constructor({
+    brokerUrl,
+    getIdToken,
+    cookie = false,
+    expiresIn,
+    refreshMarginSeconds = 300,
+    onToken,
+    onError,
+  }) {
+    if (!cookie && !getIdToken) throw new TypeError("pass getIdToken, or cookie: true");
     this.endpoint = new URL("/v1/capture/session/token", brokerUrl).toString();
     this.getIdToken = getIdToken;
+    this.cookie = cookie;
     this.expiresIn = expiresIn;
     this.refreshMarginSeconds = refreshMarginSeconds;
     this.onToken = onToken || (() => {});
@@ -96,15 +108,20 @@ export class SessionTokenClient {
 
   async fetchToken() {
     const generation = this.generation;
-    const idToken = await this.getIdToken();
+    const headers = { "Content-Type": "application/json" };
+    if (this.cookie) {
+      headers["X-CSRF"] = "1"; // a cross-site form cannot send it: the broker's CSRF check
+    } else {
+      headers.Authorization = `Bearer ${await this.getIdToken()}`;
+    }
     const body = this.expiresIn ? JSON.stringify({ expires_in: this.expiresIn }) : "{}";
     let response;
     try {
       response = await fetch(this.endpoint, {
         method: "POST",
-        headers: { Authorization: `Bearer ${idToken}`, "Content-Type": "application/json" },
+        headers,
         body,
-        credentials: "omit",
+        credentials: this.cookie ? "include" : "omit",
         cache: "no-store",
       });
     } catch (networkError) {

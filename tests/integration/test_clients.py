@@ -257,6 +257,79 @@ def test_browser_page_rides_out_a_broker_restart(
     assert second != first
 
 
+COOKIE = "session_jwt"
+
+
+@pytest.fixture(scope="module")
+def cookie_broker(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    page_server: ThreadedServer,
+) -> Iterator[BrokerProcess]:
+    """A broker that also reads the JWT from a cookie (a partner's backend-for-frontend)."""
+    _, server = videodb_server
+    settings = broker_settings(
+        idp, server.url, BROKER_CORS_ORIGINS=page_server.url, BROKER_AUTH_COOKIE_NAME=COOKIE
+    )
+    process = BrokerProcess(settings).wait_ready()
+    yield process
+    process.terminate()
+
+
+def test_browser_page_uses_the_cookie_with_its_csrf_header(
+    cookie_broker: BrokerProcess, page_server: ThreadedServer, idp: FakeIdentityProvider
+) -> None:
+    """The JWT rides in a cookie for the broker's site; no script on the page can read it.
+    The helper sends it with `X-CSRF: 1` through a credentialed CORS exchange; the same
+    request without the header is refused, and the page can read why."""
+    from playwright.sync_api import sync_playwright
+
+    query = urlencode({"broker": cookie_broker.url, "cookie": "1"})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=require_binary("chromium"), args=CHROMIUM_ARGS
+        )
+        try:
+            context = browser.new_context()
+            context.add_cookies(
+                [
+                    {
+                        "name": COOKIE,
+                        "value": idp.issuers[0].mint("cookie-user", AUDIENCE),
+                        "url": cookie_broker.url,
+                        "httpOnly": True,
+                        "sameSite": "Lax",
+                    }
+                ]
+            )
+            page = context.new_page()
+            page.goto(f"{page_server.url}/index.html?{query}")
+            page.wait_for_function("document.getElementById('status').textContent !== 'starting'")
+            status, token = page.inner_text("#status"), page.inner_text("#token")
+            error = page.inner_text("#error")
+            without_header = page.evaluate(
+                """async (url) => {
+                    const r = await fetch(url + "/v1/capture/session/token", {
+                        method: "POST", credentials: "include",
+                        headers: {"Content-Type": "application/json"}, body: "{}",
+                    });
+                    return [r.status, (await r.json()).code, document.cookie].join(" ");
+                }""",
+                cookie_broker.url,
+            )
+        finally:
+            browser.close()
+    assert (status, error) == ("ready", "none")
+    assert token.startswith("st-")
+    assert without_header == "403 csrf_failed "  # and the cookie is out of the page's reach
+    records = cookie_broker.log_records()
+    issued = [r for r in records if r.get("event") == "token_issued"]
+    assert [r["user_id"] for r in issued] == ["cookie-user"]
+    preflights = [r for r in records if r.get("event") == "request" and r["method"] == "OPTIONS"]
+    assert preflights
+    assert all(r["status"] == 200 for r in preflights)
+
+
 def _desktop(*args: str) -> tuple[int, list[dict[str, object]], str]:
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "desktop" / "capture_app.py"), *args],
