@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         keeper.close()
     emit("stopped", fetches=keeper.fetches)
-    return 0
+    return 0 if keeper.fetches else 1  # stopped without ever getting a token: a failure
 
 
 def describe(error: Exception) -> str:

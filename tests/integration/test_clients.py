@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from tests.fakes.broker_process import REPO, BrokerProcess
+from tests.fakes.broker_process import REPO, BrokerProcess, free_port
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import require_binary
 from tests.fakes.servers import ThreadedServer
@@ -376,6 +376,19 @@ def test_desktop_program_reports_a_refusal(
     code, _, output = _desktop("--broker", short_lived_broker.url)
     assert code == 2
     assert "ID_TOKEN" in output
+
+
+def test_desktop_program_keeps_trying_an_unreachable_broker_then_says_so(
+    idp: FakeIdentityProvider,
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    bearer = idp.issuers[0].mint("desktop-offline", AUDIENCE)
+    code, events, _ = _desktop("--broker", nowhere, "--id-token", bearer, "--run-for", "3.5")
+    assert code == 1  # stopped without ever getting a token
+    failed = [e for e in events if e["event"] == "refresh_failed"]
+    assert [e["retry_in"] for e in failed] == [2.0, 4.0]  # backing off, not hammering
+    assert {e["reason"] for e in failed} == {"ConnectError"}
+    assert events[-1] == {"event": "stopped", "fetches": 0}
 
 
 def test_desktop_program_paces_refreshes_by_the_lifetime_granted(
