@@ -67,7 +67,9 @@ async def _read_body(request: Request) -> bytes:
 def requested_ttl(body: bytes, settings: Settings) -> int:
     """The lifetime asked for: none, {} or {"expires_in": int}; anything else is a 422."""
     low, high = settings.token_min_ttl, settings.token_max_ttl
-    if body.strip() in (b"", b"{}"):  # what nearly every client sends: no parse needed
+    # What nearly every client sends, no parse needed. A body of whitespace alone is neither
+    # none nor JSON, so it goes on to the parser and is refused.
+    if not body or body.strip() == b"{}":
         return settings.token_default_ttl
     try:
         document: Any = json.loads(body)

@@ -74,6 +74,7 @@ async def test_accepts_the_three_body_shapes(
         b"[]",
         b"null",
         b"not json",
+        b"\n",  # whitespace alone: neither no body nor JSON
         b'{"expires_in": 1e400}',
         b'{"expires_in": ' + b"9" * 1000 + b"}",
         b"[" * 1000,
