@@ -13,9 +13,9 @@ import structlog
 from pydantic import SecretStr
 
 from app import __version__
-from app.asyncio_network import AsyncioTransport
 from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.fingerprint import fingerprint
+from app.videodb_transport import VideoDBTransport
 
 TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -62,7 +62,8 @@ class CookielessClient(httpx.AsyncClient):
 
 def build_http_client(timeout: float) -> httpx.AsyncClient:
     """The shared client for VideoDB, with explicit connect/read/write/pool timeouts, keeping
-    no cookies, and sending over the event loop's own transports (app/asyncio_network.py).
+    no cookies, and sending HTTP/1.1 with httptools' parser over the event loop's own
+    transports (app/videodb_transport.py).
 
     Ours is mounted for every URL rather than passed as `transport=`, which would make httpx
     ignore the proxy settings of the environment: a VideoDB that HTTPS_PROXY covers still goes
@@ -72,7 +73,7 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
     return CookielessClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
         limits=limits,
-        mounts={"all://": AsyncioTransport(limits=limits)},
+        mounts={"all://": VideoDBTransport(limits=limits, max_body_bytes=MAX_RESPONSE_BYTES)},
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},
     )

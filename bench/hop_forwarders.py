@@ -2,7 +2,7 @@
 
 `raw_app` writes HTTP/1.1 to an asyncio stream by hand: the floor for any Python hop.
 `httpx_app` is a bare ASGI app with one shared `httpx.AsyncClient`: the hop without FastAPI;
-`httpx_asyncio_app` the same over the broker's transport (app/asyncio_network.py).
+`httpx_broker_transport_app` the same over the broker's transport (app/videodb_transport.py).
 Each answers POST on any path with the broker's response shape, for `BENCH_ONLY=hop`.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.asyncio_network import AsyncioTransport
+from app.videodb_transport import VideoDBTransport
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9")
 API_KEY = os.environ.get("BENCH_API_KEY", "")
@@ -74,7 +74,7 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
     await _answer(send, json.loads(await reader.readexactly(length))["data"])
 
 
-def _httpx_forwarder(transport: type[AsyncioTransport] | None) -> ASGIApp:
+def _httpx_forwarder(transport: type[VideoDBTransport] | None) -> ASGIApp:
     """A bare ASGI app forwarding through one shared httpx.AsyncClient, without FastAPI."""
 
     async def start() -> None:
@@ -100,4 +100,5 @@ def _httpx_forwarder(transport: type[AsyncioTransport] | None) -> ASGIApp:
 
 
 httpx_app = _httpx_forwarder(None)  # httpx's default transport: httpcore over anyio
-httpx_asyncio_app = _httpx_forwarder(AsyncioTransport)  # the broker's: httpcore over asyncio
+# the broker's: HTTP/1.1 parsed by httptools over the event loop's transports
+httpx_broker_transport_app = _httpx_forwarder(VideoDBTransport)

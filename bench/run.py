@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -188,11 +189,18 @@ def _interleaved(
     calls: dict[str, Callable[[httpx.Client, int], httpx.Response]], count: int
 ) -> dict[str, list[float]]:
     """Milliseconds of each call, in turns: call 1 of each, then call 2 of each, and so on,
-    so that every path sees the same moments of a noisy machine."""
+    so that every path sees the same moments of a noisy machine. Each turn takes the paths
+    in a new random order: a call runs measurably faster right after another process ran
+    the same libraries (uvicorn, httptools, the interpreter) than after one that did not,
+    and a fixed order would hand that head start to the same path every turn."""
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order = random.Random(20261128)  # the same orders in every run
+    names = list(calls)
     with httpx.Client(timeout=10) as client:
         for i in range(count):
-            for name, call in calls.items():
+            order.shuffle(names)
+            for name in names:
+                call = calls[name]
                 started = time.perf_counter()
                 resp = call(client, i)
                 times[name].append((time.perf_counter() - started) * 1000)
@@ -255,8 +263,8 @@ def cache_miss_overhead(
 HOP_FORWARDERS = {
     "raw ASGI, HTTP/1.1 by hand on an asyncio stream (the floor)": "bench.hop_forwarders:raw_app",
     "raw ASGI + httpx.AsyncClient (httpcore over anyio)": "bench.hop_forwarders:httpx_app",
-    "raw ASGI + httpx.AsyncClient over the broker's asyncio transport": (
-        "bench.hop_forwarders:httpx_asyncio_app"
+    "raw ASGI + httpx.AsyncClient over the broker's transport (httptools)": (
+        "bench.hop_forwarders:httpx_broker_transport_app"
     ),
     "FastAPI + httpx.AsyncClient (bench/bare_proxy.py)": "bench.bare_proxy:app",
 }

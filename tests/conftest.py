@@ -22,6 +22,7 @@ API_KEY = "sk-test-0123456789abcdef"
 VIDEODB = "https://videodb.test"
 ISSUER = "https://idp.test"
 JWKS_URL = ISSUER + "/jwks.json"
+APP_HOSTS = ("broker.test", "b.test")  # what the tests' in-process clients call the app
 AUDIENCE = "broker-tests"
 HS_SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 APP_ORIGIN = "https://app.example.com"
@@ -88,7 +89,11 @@ def upstream_ok(request: httpx.Request) -> httpx.Response:
 @pytest.fixture
 def network(issuer: DevIssuer) -> Iterator[respx.MockRouter]:
     """The outside world at the transport: the JWKS and VideoDB's token endpoint."""
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(assert_all_called=False, using="httpx") as router:
+        # respx sits at the client (httpx's own level, whatever transport is below it):
+        # the tests' own clients to the app in-process go on to the app
+        for host in APP_HOSTS:
+            router.route(host=host).pass_through()
         router.get(JWKS_URL, name="jwks").mock(return_value=httpx.Response(200, json=issuer.jwks()))
         router.post(VIDEODB + "/capture/session/token", name="videodb").mock(
             side_effect=upstream_ok

@@ -12,9 +12,9 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from app.asyncio_network import AsyncioStream
 from app.sandbox.dev_issuer import DevIssuer
 from app.videodb_client import CLIENT_ID, VideoDBClient, build_http_client, true_expiry
+from app.videodb_transport import VideoDBTransport
 from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, VIDEODB, bearer
 
 Build = Callable[..., Any]
@@ -164,8 +164,8 @@ async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -
             headers={"Set-Cookie": "session=other-user; Path=/"},
         )
 
-    with respx.mock:
-        respx.post(VIDEODB + "/capture/session/token").mock(side_effect=videodb)
+    with respx.mock(using="httpx") as router:
+        router.post(VIDEODB + "/capture/session/token").mock(side_effect=videodb)
         http = build_http_client(4.0)
         client = VideoDBClient(http, SecretStr(API_KEY), VIDEODB, 4.0)
         await client.mint("ada", 600)
@@ -230,14 +230,25 @@ async def test_calls_go_through_the_proxy_the_environment_names(
 
 
 @pytest.mark.usefixtures("no_proxy_settings")
-async def test_without_a_proxy_calls_use_the_brokers_own_network_layer() -> None:
+async def test_without_a_proxy_calls_use_the_brokers_own_network_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handled: list[httpx.URL] = []
+    original = VideoDBTransport.handle_async_request
+
+    async def counted(self: VideoDBTransport, request: httpx.Request) -> httpx.Response:
+        handled.append(request.url)
+        return await original(self, request)
+
+    monkeypatch.setattr(VideoDBTransport, "handle_async_request", counted)
     seen: list[bytes] = []
     server, url = await _serve_once(_ANSWER, seen)
     http = build_http_client(2.0)
     try:
         resp = await http.post(url + "/capture/session/token")
-        assert isinstance(resp.extensions["network_stream"], AsyncioStream)
+        assert resp.status_code == 200
     finally:
         await http.aclose()
         server.close()
+    assert handled == [httpx.URL(url + "/capture/session/token")]
     assert seen[0].startswith(b"POST /capture/session/token HTTP/1.1")
