@@ -217,7 +217,10 @@ class _Connection(asyncio.Protocol):
 
 def _request_head(request: httpx.Request) -> bytes:
     """The request line and headers, refusing anything that would split them."""
-    lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    method = request.method.encode("ascii")
+    if not method or _ILLEGAL_NAME.search(method):
+        raise httpx.LocalProtocolError("the request method is not valid HTTP")
+    lines = [method, b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
     for name, value in request.headers.raw:
         if not name or _ILLEGAL_NAME.search(name):
             raise httpx.LocalProtocolError("a request header name is not valid HTTP")
@@ -277,8 +280,7 @@ class VideoDBTransport(httpx.AsyncBaseTransport):
             try:
                 await connection.exchange(data, timeouts.get("read"), timeouts.get("write"))
             except BaseException:
-                connection.close()
-                self._open.discard(connection)
+                self._discard(connection)  # whatever it was doing, it is out of step now
                 raise
             self._release(origin, connection)
         finally:
@@ -305,10 +307,8 @@ class VideoDBTransport(httpx.AsyncBaseTransport):
         now = asyncio.get_running_loop().time()
         while idle:
             connection = idle.pop()  # newest first: the likeliest to be alive and warm
-            expired = self._expiry is not None and now - connection.idle_since > self._expiry
-            if connection.closed or expired:
-                connection.close()
-                self._open.discard(connection)
+            if connection.closed or self._expired(connection, now):
+                self._discard(connection)
                 continue
             return connection
         return None
@@ -336,12 +336,22 @@ class VideoDBTransport(httpx.AsyncBaseTransport):
 
     def _release(self, origin: Origin, connection: _Connection) -> None:
         idle = self._idle.setdefault(origin, deque())
+        now = asyncio.get_running_loop().time()
+        # The oldest idle connections sit below the ones in use: close them once expired.
+        while idle and (idle[0].closed or self._expired(idle[0], now)):
+            self._discard(idle.popleft())
         if connection.reusable and not connection.closed and len(idle) < self._max_idle:
-            connection.idle_since = asyncio.get_running_loop().time()
+            connection.idle_since = now
             idle.append(connection)
         else:
-            connection.close()
-            self._open.discard(connection)
+            self._discard(connection)
+
+    def _expired(self, connection: _Connection, now: float) -> bool:
+        return self._expiry is not None and now - connection.idle_since > self._expiry
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
 
     async def aclose(self) -> None:
         for connection in self._open:

@@ -473,8 +473,8 @@ async def test_a_streamed_request_body_is_sent_chunked() -> None:
 
 @pytest.mark.parametrize(
     ("method", "headers"),
-    [("HEAD", {}), ("POST", {"bad name": "x"})],
-    ids=["head", "header-name"],
+    [("HEAD", {}), ("POST", {"bad name": "x"}), ("PO ST", {})],
+    ids=["head", "header-name", "method"],
 )
 async def test_what_this_transport_does_not_speak_is_refused_before_sending(
     method: str, headers: dict[str, str]
@@ -484,3 +484,25 @@ async def test_what_this_transport_does_not_speak_is_refused_before_sending(
         with pytest.raises((httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
             await http.request(method, url, headers=headers)
     assert opened == []
+
+
+async def test_an_idle_connection_below_the_busy_one_is_closed_once_expired() -> None:
+    ended = 0
+
+    async def counts_ends(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal ended
+        await answer_each(reader, writer)
+        ended += 1
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.05)  # so that two requests need two connections
+        await counts_ends(reader, writer)
+
+    transport = VideoDBTransport(limits=httpx.Limits(keepalive_expiry=0.2))
+    async with peer(slow) as url, httpx.AsyncClient(transport=transport) as http:
+        await asyncio.gather(http.post(url), http.post(url))
+        for _ in range(8):  # the newest connection serves these; the other one idles
+            assert (await http.post(url)).status_code == 200
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+        assert ended == 1  # closed by us, while the one in use stays open
