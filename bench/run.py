@@ -228,25 +228,33 @@ def _post(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
 def cache_miss_overhead(
     broker: BrokerProcess, videodb_url: str, issuer: DevIssuer
 ) -> dict[str, float]:
-    """Sequential requests, each a new user, interleaved with direct calls to the stand-in
-    and calls through a bare FastAPI + httpx forwarder (bench/bare_proxy.py)."""
+    """Sequential requests, each a new user, interleaved with direct calls to the stand-in,
+    calls through a bare FastAPI + httpx forwarder (bench/bare_proxy.py), and through the
+    floor of any Python hop (HTTP/1.1 by hand on an asyncio stream), which tells how fast
+    this machine is right now."""
     count = 300
     bearers = [issuer.mint(f"miss-{i}-{time.time_ns()}", AUDIENCE) for i in range(count)]
-    proxy, proxy_url = start_bare(
-        "bench.bare_proxy:app", BENCH_UPSTREAM=videodb_url, BENCH_API_KEY=API_KEY
-    )
+    upstream = {"BENCH_UPSTREAM": videodb_url, "BENCH_API_KEY": API_KEY}
+    proxy, proxy_url = start_bare("bench.bare_proxy:app", **upstream)
+    floor, floor_url = start_bare("bench.hop_forwarders:raw_app", **upstream)
 
     def via_broker(client: httpx.Client, i: int) -> httpx.Response:
         return client.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearers[i]}"})
 
     try:
         times = _interleaved(
-            {"direct": _direct(videodb_url), "via": via_broker, "proxy": _post(proxy_url)},
+            {
+                "direct": _direct(videodb_url),
+                "via": via_broker,
+                "proxy": _post(proxy_url),
+                "floor": _post(floor_url),
+            },
             count,
         )
     finally:
-        proxy.terminate()
-        proxy.wait()
+        for proc in (proxy, floor):
+            proc.terminate()
+            proc.wait()
     direct, via, forwarded = times["direct"], times["via"], times["proxy"]
     base = statistics.median(direct)
     return {
@@ -254,6 +262,7 @@ def cache_miss_overhead(
         "broker_p50_ms": statistics.median(via),
         "overhead_p50_ms": statistics.median(via) - base,
         "proxy_overhead_p50_ms": statistics.median(forwarded) - base,
+        "floor_overhead_p50_ms": statistics.median(times["floor"]) - base,
         "direct_p99_ms": _percentile(direct, 99),
         "broker_p99_ms": _percentile(via, 99),
         "proxy_p99_ms": _percentile(forwarded, 99),
@@ -474,8 +483,10 @@ def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> N
     )
     print(
         f"   beside it, a bare FastAPI + httpx forwarder: overhead "
-        f"{miss['proxy_overhead_p50_ms']:.2f} ms, so the broker's own work is "
-        f"{miss['overhead_p50_ms'] - miss['proxy_overhead_p50_ms']:.2f} ms"
+        f"{miss['proxy_overhead_p50_ms']:.2f} ms (the broker minus it: "
+        f"{miss['overhead_p50_ms'] - miss['proxy_overhead_p50_ms']:+.2f} ms); the floor of "
+        f"any Python hop on this machine now (HTTP/1.1 by hand): "
+        f"{miss['floor_overhead_p50_ms']:.2f} ms"
     )
     print(
         f"   p99: direct {miss['direct_p99_ms']:.2f} ms, via broker {miss['broker_p99_ms']:.2f} "
