@@ -115,6 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # The broker's telemetry is its JSON logs and Prometheus metrics, both scrubbed of
+        # secrets. FastAPI's native OpenTelemetry would be a second export path, switched on
+        # from the environment (FASTAPI_OTEL_AUTO_CONFIGURE, OTEL_*) and never vetted here.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.settings = settings
     install_error_handlers(app)

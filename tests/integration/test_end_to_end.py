@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -337,3 +338,37 @@ def test_hsts_only_for_https_seen_through_a_trusted_proxy(broker: BrokerProcess)
     assert via_proxy.headers["strict-transport-security"].startswith("max-age=")
     plain = httpx.get(broker.url + "/healthz")
     assert "strict-transport-security" not in plain.headers
+
+
+def test_opentelemetry_settings_in_the_environment_export_nothing(
+    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+) -> None:
+    received: list[str] = []
+
+    async def collector(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        received.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    otlp = ThreadedServer(collector).start()
+    _, server = videodb_server
+    # What an OpenTelemetry operator injects into every pod of a namespace
+    settings = broker_settings(
+        idp,
+        server.url,
+        FASTAPI_OTEL_AUTO_CONFIGURE="true",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url,
+        OTEL_SERVICE_NAME="token-broker",
+    )
+    process = BrokerProcess(settings).wait_ready()
+    try:
+        resp = httpx.post(process.url + TOKEN_PATH, headers=_bearer(idp))
+        assert resp.status_code == 200
+    finally:
+        assert process.terminate() == 0
+        otlp.stop()
+    assert received == []  # the logs and /metrics are the broker's telemetry, nothing else
+    noise = [r for r in process.log_records() if "telemetry" in str(r.get("event", "")).lower()]
+    assert noise == []  # FastAPI does not try, fail and warn at every start either
