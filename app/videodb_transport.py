@@ -14,7 +14,8 @@ What it does, and no more:
   `max_connections` open, a request waiting for one at most the pool timeout;
 - a whole response read before it returns (status line and headers at most
   `MAX_HEAD_BYTES`, the body at most `max_body_bytes`: past it the body is cut there and
-  the connection closed, so the caller sees an oversized body and no peer fills memory);
+  the connection closed, so the caller sees an oversized body and no peer fills memory),
+  and not kept once handed on: an idle connection holds no token;
 - any failure, timeout or cancellation mid-exchange closes the connection: a late answer
   can never be read as the next request's;
 - a connection is reused only when the parser says the response allows it and nothing
@@ -107,6 +108,11 @@ class _Connection(asyncio.Protocol):
         )
         if not finished:
             raise httpx.WriteTimeout("timed out sending to VideoDB")
+
+    def forget_response(self) -> None:
+        """Drop the last answer (it holds an st- token) once it has been handed on."""
+        self.headers = []
+        self.body = bytearray()
 
     def _check_quiet(self) -> None:
         """The read timeout: no byte of the response for that many seconds."""
@@ -282,15 +288,17 @@ class VideoDBTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 self._discard(connection)  # whatever it was doing, it is out of step now
                 raise
+            response = httpx.Response(
+                connection.status,
+                headers=connection.headers,
+                stream=httpx.ByteStream(bytes(connection.body)),
+                extensions={"http_version": b"HTTP/1.1"},
+            )
             self._release(origin, connection)
+            connection.forget_response()  # an idle connection keeps no token
         finally:
             self._slots.release()
-        return httpx.Response(
-            connection.status,
-            headers=connection.headers,
-            stream=httpx.ByteStream(bytes(connection.body)),
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        return response
 
     async def _acquire_slot(self, timeout: float | None) -> None:
         if not self._slots.locked():

@@ -506,3 +506,21 @@ async def test_an_idle_connection_below_the_busy_one_is_closed_once_expired() ->
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.05)
         assert ended == 1  # closed by us, while the one in use stays open
+
+
+async def test_an_idle_connection_keeps_nothing_of_the_answer_it_carried() -> None:
+    token = b'{"token": "st-kept-nowhere"}'
+
+    async def answers_a_token(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(token) + token)
+        await writer.drain()
+        await reader.read()
+
+    transport = VideoDBTransport(limits=httpx.Limits())
+    async with peer(answers_a_token) as url, httpx.AsyncClient(transport=transport) as http:
+        assert (await http.post(url)).content == token
+        (idle,) = [c for pool in transport._idle.values() for c in pool]
+        assert not idle.closed  # kept alive for the next call,
+        assert idle.body == bytearray()  # without the last user's token
+        assert idle.headers == []
