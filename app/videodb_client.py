@@ -122,9 +122,9 @@ class VideoDBClient:
         self._timeout = timeout
         # The client's explicit timeouts, carried by each request we build ourselves.
         self._timeouts = {"timeout": http.timeout.as_dict()}
-        # Requests queue here, not in httpcore's pool: its assignment loop costs
-        # O(waiting x connections) per event, which stalled the loop with ~500 waiting
-        # requests (docs/performance.md).
+        # Requests queue here, before httpx: httpcore's pool (still the one used when a proxy
+        # applies) costs O(waiting x connections) per event in its assignment loop, which
+        # stalled the loop with ~500 waiting requests (docs/performance.md).
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
