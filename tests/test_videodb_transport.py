@@ -524,3 +524,21 @@ async def test_an_idle_connection_keeps_nothing_of_the_answer_it_carried() -> No
         assert not idle.closed  # kept alive for the next call,
         assert idle.body == bytearray()  # without the last user's token
         assert idle.headers == []
+
+
+async def test_many_concurrent_requests_share_at_most_the_bounded_connections() -> None:
+    async def slowish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            await asyncio.sleep(0.005)
+            writer.write(OK)
+            await writer.drain()
+
+    handler, opened = counting(slowish)
+    async with peer(handler) as url, client() as http:  # max_connections=4
+        answers = await asyncio.gather(*(http.post(url) for _ in range(100)))
+    assert [a.status_code for a in answers] == [200] * 100
+    assert len(opened) == 4
