@@ -200,7 +200,10 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         lowered = name.lower()
-        if lowered in (b"content-length", b"transfer-encoding"):
+        if lowered == b"content-length" or (
+            # only chunked as the last coding ends a body; any other ends at the close
+            lowered == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked")
+        ):
             self._framed = True
 
     def on_headers_complete(self) -> None:

@@ -386,10 +386,15 @@ async def test_every_framing_of_an_answer_reads_whole_and_reuses_only_when_allow
     assert len(opened) == reused
 
 
-async def test_a_body_that_ends_with_the_connection_is_read_whole() -> None:
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n"],
+    ids=["no-length", "not-chunked"],
+)
+async def test_a_body_that_ends_with_the_connection_is_read_whole(head: bytes) -> None:
     async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"a":')
+        writer.write(head + b'{"a":')
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(b"1}")
