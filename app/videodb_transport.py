@@ -117,6 +117,8 @@ class _Connection(asyncio.Protocol):
     def _check_quiet(self) -> None:
         """The read timeout: no byte of the response for that many seconds."""
         assert self._read_timeout is not None
+        if self._done is None or self._done.done():
+            return  # the answer came in the same turn of the loop as the timer
         quiet = self.loop.time() - self._last_data
         if quiet < self._read_timeout:
             self._timer = self.loop.call_later(self._read_timeout - quiet, self._check_quiet)
