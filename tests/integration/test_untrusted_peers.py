@@ -71,3 +71,31 @@ def test_an_identity_provider_with_an_untrusted_certificate_is_not_believed(
     finally:
         assert process.terminate() == 0
         server.stop()
+
+
+def test_peers_behind_a_private_ca_are_trusted_through_ssl_cert_file(tmp_path: Path) -> None:
+    """What an operator does for an identity provider or VideoDB route behind their own CA:
+    mount the CA's bundle and point SSL_CERT_FILE at it (docs/operations.md)."""
+    certificate = self_signed_certificate(tmp_path)
+    videodb = FakeVideoDB(api_key=API_KEY)
+    videodb_srv = ThreadedServer(videodb, tls=certificate).start()
+    provider = FakeIdentityProvider()
+    idp_srv = ThreadedServer(provider, tls=certificate)
+    provider.issuer_url = idp_srv.url
+    issuer = provider.rotate()
+    idp_srv.start()
+    settings = broker_settings(provider, videodb_srv.url, SSL_CERT_FILE=str(certificate[0]))
+    process = BrokerProcess(settings).wait_ready()  # the keys came over verified TLS
+    try:
+        resp = httpx.post(
+            process.url + TOKEN_PATH,
+            headers={"Authorization": f"Bearer {issuer.mint('ada', AUDIENCE)}"},
+        )
+        assert resp.status_code == 200
+        (call,) = videodb.calls
+        assert call.headers["x-access-token"] == API_KEY
+    finally:
+        assert process.terminate() == 0
+        videodb_srv.stop()
+        idp_srv.stop()
+    assert_no_secret_in(process.output())
