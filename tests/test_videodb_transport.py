@@ -51,14 +51,27 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        try:
-            await read_request(reader)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-        writer.write(OK)
-        await writer.drain()
+def answering(respond: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> Handler:
+    """A handler that reads requests one after another and answers each with `respond`,
+    until the client goes away."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            await respond(writer)
+            await writer.drain()
+
+    return handler
+
+
+async def _ok(writer: asyncio.StreamWriter) -> None:
+    writer.write(OK)
+
+
+answer_each = answering(_ok)
 
 
 def client(timeout: float = 2.0, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
@@ -254,16 +267,10 @@ async def test_a_response_head_past_the_bound_is_refused_without_reading_on() ->
 
 
 async def test_a_body_past_the_bound_is_cut_there_and_its_connection_not_reused() -> None:
-    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000)
-            await writer.drain()
+    async def large(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000)
 
-    handler, opened = counting(large)
+    handler, opened = counting(answering(large))
     transport = VideoDBTransport(limits=httpx.Limits(), max_body_bytes=1000)
     async with peer(handler) as url, httpx.AsyncClient(transport=transport) as http:
         for _ in range(2):
@@ -273,18 +280,13 @@ async def test_a_body_past_the_bound_is_cut_there_and_its_connection_not_reused(
 
 
 async def test_bytes_nobody_asked_for_close_an_idle_connection() -> None:
-    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            writer.write(OK)
-            await writer.drain()
-            await asyncio.sleep(0.02)
-            writer.write(OK)  # an answer to nothing; read as the next one's, it would lie
+    async def chatty(writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(OK)  # an answer to nothing; read as the next one's, it would lie
 
-    handler, opened = counting(chatty)
+    handler, opened = counting(answering(chatty))
     async with peer(handler) as url, client() as http:
         for _ in range(2):
             assert (await http.post(url)).status_code == 200
@@ -293,16 +295,10 @@ async def test_bytes_nobody_asked_for_close_an_idle_connection() -> None:
 
 
 async def test_two_answers_in_one_read_close_the_connection() -> None:
-    async def doubled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            writer.write(OK + OK)
-            await writer.drain()
+    async def doubled(writer: asyncio.StreamWriter) -> None:
+        writer.write(OK + OK)
 
-    handler, opened = counting(doubled)
+    handler, opened = counting(answering(doubled))
     async with peer(handler) as url, client() as http:
         for _ in range(2):
             assert (await http.post(url)).json() == {}
@@ -312,18 +308,12 @@ async def test_two_answers_in_one_read_close_the_connection() -> None:
 async def test_a_request_cancelled_mid_exchange_never_leaves_its_answer_for_the_next() -> None:
     answers = iter([b"late", b"next"])
 
-    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            body = next(answers)
-            await asyncio.sleep(0.3 if body == b"late" else 0)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body)
-            await writer.drain()
+    async def slow_then_fast(writer: asyncio.StreamWriter) -> None:
+        body = next(answers)
+        await asyncio.sleep(0.3 if body == b"late" else 0)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body)
 
-    handler, opened = counting(slow_then_fast)
+    handler, opened = counting(answering(slow_then_fast))
     async with peer(handler) as url, client() as http:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):  # the broker's deadline for one request
@@ -370,16 +360,10 @@ async def test_a_malformed_answer_is_a_protocol_error(answer: bytes) -> None:
 async def test_every_framing_of_an_answer_reads_whole_and_reuses_only_when_allowed(
     answer: bytes, reused: int
 ) -> None:
-    async def framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            writer.write(answer)
-            await writer.drain()
+    async def framed(writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
 
-    handler, opened = counting(framed)
+    handler, opened = counting(answering(framed))
     async with peer(handler) as url, client() as http:
         for _ in range(2):
             assert (await http.post(url)).json() == {}
@@ -532,17 +516,11 @@ async def test_an_idle_connection_keeps_nothing_of_the_answer_it_carried() -> No
 
 
 async def test_many_concurrent_requests_share_at_most_the_bounded_connections() -> None:
-    async def slowish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            await asyncio.sleep(0.005)
-            writer.write(OK)
-            await writer.drain()
+    async def slowish(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.005)
+        writer.write(OK)
 
-    handler, opened = counting(slowish)
+    handler, opened = counting(answering(slowish))
     async with peer(handler) as url, client() as http:  # max_connections=4
         answers = await asyncio.gather(*(http.post(url) for _ in range(100)))
     assert [a.status_code for a in answers] == [200] * 100
