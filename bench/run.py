@@ -3,13 +3,14 @@
 Prints, with the machine it ran on:
 1. cache-hit throughput as a ratio to a bare FastAPI endpoint returning the same JSON
    (wrk, 32 connections, alternating rounds, medians), with p99 latency;
-2. cache-miss overhead above a stand-in VideoDB that answers in 20 ms (p50, p99);
+2. cache-miss overhead above a stand-in VideoDB that answers in 20 ms (p50, p99): one
+   request at a time, then under load from wrk (every request a new user);
 3. coalescing: upstream calls for 1,000 concurrent requests of one user, and of 1,000 users;
 4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES.
 
-BENCH_ONLY=hit,miss,coalescing,memory picks phases (and BENCH_ONLY=hop, not run by default,
-shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_SECONDS and
-BENCH_MEMORY_USERS shorten a run.
+BENCH_ONLY=hit,miss,load,coalescing,memory picks phases (and BENCH_ONLY=hop, not run by default,
+shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_LOAD_ROUNDS,
+BENCH_LOAD_CONNECTIONS, BENCH_SECONDS and BENCH_MEMORY_USERS shorten a run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CONNECTIONS = 32
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 ROUND_SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 MEMORY_USERS = int(os.environ.get("BENCH_MEMORY_USERS", "100000"))
-PHASES = set(os.environ.get("BENCH_ONLY", "hit,miss,coalescing,memory").split(","))
+PHASES = set(os.environ.get("BENCH_ONLY", "hit,miss,load,coalescing,memory").split(","))
 BOUNDED_ENTRIES = 10_000
 
 
@@ -62,17 +63,6 @@ def machine() -> str:
     )
 
 
-def _wrk_script(token: str, directory: Path) -> Path:
-    script = directory / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        'wrk.body = "{}"\n'
-    )
-    return script
-
-
 def _duration_ms(text: str) -> float:
     found = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
     if found is None:
@@ -81,29 +71,42 @@ def _duration_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 
 
-def wrk(url: str, script: Path) -> tuple[float, float]:
-    """(requests per second, p99 latency in ms) for one round."""
+def wrk(
+    url: str, script: Path, connections: int = CONNECTIONS, *script_args: str
+) -> dict[str, float]:
+    """One wrk round: requests per second, p50 and p99 latency (ms), requests made."""
     out = subprocess.run(
         [
             "wrk",
             "-t1",
-            f"-c{CONNECTIONS}",
+            f"-c{connections}",
             f"-d{ROUND_SECONDS}s",
             "--latency",
             "-s",
             str(script),
-            url + PATH,
+            url,
+            *(["--", *script_args] if script_args else []),
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _duration_ms(re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         raise SystemExit(f"wrk saw {non_2xx.group(1)} error responses from {url}")
-    return rps, p99
+
+    def found(pattern: str) -> str:
+        match = re.search(pattern, out, re.MULTILINE)
+        if match is None:
+            raise SystemExit(f"unreadable wrk output: {out}")
+        return match.group(1)
+
+    return {
+        "rps": float(found(r"Requests/sec:\s+([\d.]+)")),
+        "p50_ms": _duration_ms(found(r"^\s*50%\s+(\S+)")),
+        "p99_ms": _duration_ms(found(r"^\s*99%\s+(\S+)")),
+        "requests": int(found(r"(\d+) requests in")),
+    }
 
 
 def start_videodb() -> tuple[subprocess.Popen[bytes], str]:
@@ -157,26 +160,31 @@ def cache_hit_ratio(broker: BrokerProcess, bearer: str) -> dict[str, float]:
     bare, bare_url = start_bare()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            script = _wrk_script(bearer, Path(tmp))
+            script = _wrk_lua(
+                Path(tmp),
+                "post.lua",
+                "{}",
+                {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+            )
             httpx.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearer}"}, json={})
-            wrk(broker.url, script)  # warm-up, not counted
-            wrk(bare_url, script)
+            wrk(broker.url + PATH, script)  # warm-up, not counted
+            wrk(bare_url + PATH, script)
             broker_runs, bare_runs = [], []
             for _ in range(ROUNDS):
-                broker_runs.append(wrk(broker.url, script))
-                bare_runs.append(wrk(bare_url, script))
+                broker_runs.append(wrk(broker.url + PATH, script))
+                bare_runs.append(wrk(bare_url + PATH, script))
     finally:
         bare.terminate()
         bare.wait()
-    ratios = [b[0] / a[0] for b, a in zip(broker_runs, bare_runs, strict=True)]
+    ratios = [b["rps"] / a["rps"] for b, a in zip(broker_runs, bare_runs, strict=True)]
     return {
-        "broker_rps": statistics.median(r[0] for r in broker_runs),
-        "bare_rps": statistics.median(r[0] for r in bare_runs),
+        "broker_rps": statistics.median(r["rps"] for r in broker_runs),
+        "bare_rps": statistics.median(r["rps"] for r in bare_runs),
         "ratio": statistics.median(ratios),
         "ratio_low": min(ratios),
         "ratio_high": max(ratios),
-        "broker_p99_ms": statistics.median(r[1] for r in broker_runs),
-        "bare_p99_ms": statistics.median(r[1] for r in bare_runs),
+        "broker_p99_ms": statistics.median(r["p99_ms"] for r in broker_runs),
+        "bare_p99_ms": statistics.median(r["p99_ms"] for r in bare_runs),
     }
 
 
@@ -266,6 +274,114 @@ def cache_miss_overhead(
         "direct_p99_ms": _percentile(direct, 99),
         "broker_p99_ms": _percentile(via, 99),
         "proxy_p99_ms": _percentile(forwarded, 99),
+    }
+
+
+# Cache misses under load: wrk's connections for each figure, and its rounds (5 s each).
+LOAD_CONNECTIONS = [int(n) for n in os.environ.get("BENCH_LOAD_CONNECTIONS", "8,32").split(",")]
+LOAD_ROUNDS = int(os.environ.get("BENCH_LOAD_ROUNDS", "5"))
+
+
+def _wrk_lua(directory: Path, name: str, body: str, headers: dict[str, str]) -> Path:
+    """A wrk script that POSTs the same request every time."""
+    script = directory / name
+    script.write_text(
+        'wrk.method = "POST"\n'
+        + "".join(f'wrk.headers["{key}"] = "{value}"\n' for key, value in headers.items())
+        + f"wrk.body = '{body}'\n"
+    )
+    return script
+
+
+def _wrk_users_lua(directory: Path, bearers: list[str]) -> Path:
+    """A wrk script that sends each bearer token once, so every request is a new user.
+    Its arguments pick the slice of the token file for one round; past its end the script
+    sends no token, which the broker refuses, and wrk's non-2xx count stops the benchmark
+    rather than let repeats be measured as misses."""
+    tokens = directory / "bearers.txt"
+    tokens.write_text("\n".join(bearers) + "\n")
+    script = directory / "users.lua"
+    script.write_text(
+        "local tokens = {}\n"
+        "local sent = 0\n"
+        "function init(args)\n"
+        "  local first, last = tonumber(args[1]), tonumber(args[2])\n"
+        "  local n = 0\n"
+        f'  for line in io.lines("{tokens}") do\n'
+        "    n = n + 1\n"
+        "    if n > first and n <= last then tokens[#tokens + 1] = line end\n"
+        "  end\n"
+        "end\n"
+        "function request()\n"
+        "  sent = sent + 1\n"
+        '  local headers = {["Content-Type"] = "application/json"}\n'
+        "  if tokens[sent] then\n"
+        '    headers["Authorization"] = "Bearer " .. tokens[sent]\n'
+        "  end\n"
+        '  return wrk.format("POST", nil, headers, "{}")\n'
+        "end\n"
+    )
+    return script
+
+
+def cache_miss_under_load(
+    broker: BrokerProcess, videodb_url: str, issuer: DevIssuer, connections: int
+) -> dict[str, float]:
+    """wrk with this many connections, every request a new user, in rounds
+    beside wrk straight at the stand-in and through the bare forwarder (each round's order
+    shuffled); the overhead is each round's p50 minus the direct round's, median of rounds."""
+    # The stand-in answers no faster than 20 ms, which caps a round's requests.
+    per_round = int(connections / 0.020 * ROUND_SECONDS * 1.1)
+    stamp = time.time_ns()
+    bearers = [
+        issuer.mint(f"load-{stamp}-{i}", AUDIENCE) for i in range(per_round * (LOAD_ROUNDS + 1))
+    ]
+    proxy, proxy_url = start_bare(
+        "bench.bare_proxy:app", BENCH_UPSTREAM=videodb_url, BENCH_API_KEY=API_KEY
+    )
+    runs: dict[str, list[dict[str, float]]] = {"direct": [], "broker": [], "proxy": []}
+    order = random.Random(20261129)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            users = _wrk_users_lua(directory, bearers)
+            direct = _wrk_lua(
+                directory,
+                "direct.lua",
+                '{"user_id": "load", "expires_in": 900}',
+                {"x-access-token": API_KEY, "Content-Type": "application/json"},
+            )
+            bare = _wrk_lua(directory, "bare.lua", "{}", {"Content-Type": "application/json"})
+            targets = {
+                "direct": (videodb_url + "/capture/session/token", direct),
+                "broker": (broker.url + PATH, users),
+                "proxy": (proxy_url + PATH, bare),
+            }
+            for turn in range(LOAD_ROUNDS + 1):  # the first round warms up and is not counted
+                names = list(targets)
+                order.shuffle(names)
+                for name in names:
+                    url, script = targets[name]
+                    args = [str(turn * per_round), str((turn + 1) * per_round)]
+                    result = wrk(url, script, connections, *args)
+                    if turn:
+                        runs[name].append(result)
+    finally:
+        proxy.terminate()
+        proxy.wait()
+
+    def above_direct(name: str, figure: str) -> float:
+        pairs = zip(runs[name], runs["direct"], strict=True)
+        return statistics.median(mine[figure] - base[figure] for mine, base in pairs)
+
+    return {
+        "direct_p50_ms": statistics.median(r["p50_ms"] for r in runs["direct"]),
+        "direct_p99_ms": statistics.median(r["p99_ms"] for r in runs["direct"]),
+        "broker_rps": statistics.median(r["rps"] for r in runs["broker"]),
+        "overhead_p50_ms": above_direct("broker", "p50_ms"),
+        "overhead_p99_ms": above_direct("broker", "p99_ms"),
+        "proxy_overhead_p50_ms": above_direct("proxy", "p50_ms"),
+        "proxy_overhead_p99_ms": above_direct("proxy", "p99_ms"),
     }
 
 
@@ -439,6 +555,8 @@ def main() -> int:
                 report_hit(broker, issuer)
             if "miss" in PHASES:
                 report_miss(broker, videodb_url, issuer)
+            if "load" in PHASES:
+                report_miss_under_load(broker, videodb_url, issuer)
             if "coalescing" in PHASES:
                 report_coalescing(broker, videodb_url, issuer)
             if "hop" in PHASES:
@@ -492,6 +610,26 @@ def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> N
         f"   p99: direct {miss['direct_p99_ms']:.2f} ms, via broker {miss['broker_p99_ms']:.2f} "
         f"ms, via bare forwarder {miss['proxy_p99_ms']:.2f} ms"
     )
+
+
+def report_miss_under_load(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:
+    """Figure 2, under load: the same overhead with wrk keeping the broker busy."""
+    print(
+        f"2b. cache miss under load: wrk, every request a new user, median of {LOAD_ROUNDS} "
+        f"shuffled {ROUND_SECONDS}s rounds beside wrk straight at the stand-in"
+    )
+    for connections in LOAD_CONNECTIONS:
+        load = cache_miss_under_load(broker, videodb_url, issuer, connections)
+        print(
+            f"   {connections} connections: {load['broker_rps']:.0f} new users/s; direct p50 "
+            f"{load['direct_p50_ms']:.2f} ms, p99 {load['direct_p99_ms']:.2f} ms"
+        )
+        print(
+            f"      overhead p50 {load['overhead_p50_ms']:.2f} ms (target <= 2), "
+            f"p99 {load['overhead_p99_ms']:.2f} ms; a bare FastAPI + httpx forwarder: "
+            f"p50 {load['proxy_overhead_p50_ms']:.2f} ms, "
+            f"p99 {load['proxy_overhead_p99_ms']:.2f} ms"
+        )
 
 
 def report_hop(videodb_url: str) -> None:
