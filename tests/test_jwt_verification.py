@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +198,47 @@ def test_issuer_is_required_when_configured() -> None:
     with pytest.raises(TokenRejected) as info:
         decode(token, key, header, audience="aud", issuer="https://idp", leeway=0)
     assert info.value.reason == "issuer"
+
+
+_PURE_PYTHON_CRYPTO_PROBE = """
+import sys, time
+from jose import jwk
+from app.jwt_verification import (
+    build_key_ring, build_shared_secret_ring, decode, read_header, select_key
+)
+from tests.forge import attacker_ec_pem, attacker_rsa_pem, sign
+
+claims = {"sub": "u", "aud": "aud", "exp": int(time.time()) + 60}
+secret = b"s" * 32
+cases = []
+for alg, pem in (("RS256", attacker_rsa_pem()), ("ES256", attacker_ec_pem())):
+    public = {**jwk.construct(pem, alg).public_key().to_dict(), "kid": alg}
+    ring, _ = build_key_ring({"keys": [public]}, frozenset({alg}))
+    cases.append((alg, ring, sign(claims, pem, alg, kid=alg)))
+cases.append(("HS256", build_shared_secret_ring(secret), sign(claims, secret.decode(), "HS256")))
+for alg, ring, token in cases:
+    header = read_header(token)
+    key = select_key(ring, header, frozenset({alg}))
+    assert decode(token, key, header, audience="aud", issuer=None, leeway=0)["sub"] == "u"
+    print(alg, type(key).__module__)
+print("imported:", sorted(m for m in ("ecdsa", "rsa", "pyasn1") if m in sys.modules))
+"""
+
+
+def test_python_joses_pure_python_crypto_dependencies_are_never_loaded() -> None:
+    """python-jose installs ecdsa (the Minerva timing advisory, CVE-2024-23342, which will
+    not be fixed) and rsa; with its cryptography extra every key we build is cryptography's,
+    so verifying RS256, ES256 and HS256 tokens in a fresh interpreter imports neither."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PURE_PYTHON_CRYPTO_PROBE],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == [
+        "RS256 jose.backends.cryptography_backend",
+        "ES256 jose.backends.cryptography_backend",
+        "HS256 jose.backends.cryptography_backend",
+        "imported: []",
+    ]
