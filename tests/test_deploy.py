@@ -118,6 +118,22 @@ def test_the_broker_pod_is_locked_down() -> None:
     assert not any(key in config for key in ("VIDEO_DB_API_KEY", "BROKER_AUTH_HS256_SECRET"))
 
 
+def test_the_ingress_publishes_the_token_endpoint_alone() -> None:
+    # /metrics (traffic, failure reasons, circuit state), /readyz and /openapi.json are for
+    # the cluster: an Ingress with a prefix path would hand them to the internet.
+    assert not [d for d in _render(KUBE / "base") if d["kind"] == "Ingress"]
+    docs = _render(KUBE / "overlays" / "production")
+    ingress = _by_kind(docs, "Ingress", "videodb-token-broker")["spec"]
+    paths = [path for rule in ingress["rules"] for path in rule["http"]["paths"]]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/v1/capture/session/token", "Exact")]
+    service = _by_kind(docs, "Service", "videodb-token-broker")
+    backend = paths[0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    hosts = {rule["host"] for rule in ingress["rules"]}
+    assert hosts <= {host for tls in ingress["tls"] for host in tls["hosts"]}
+
+
 def test_secret_template_holds_no_value() -> None:
     secret = yaml.safe_load((KUBE / "base" / "secret.template.yaml").read_text())
     assert secret["stringData"] == {"VIDEO_DB_API_KEY": ""}
