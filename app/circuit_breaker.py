@@ -16,7 +16,7 @@ from typing import Literal
 import structlog
 
 from app import metrics
-from app.errors import UpstreamTimeout, UpstreamUnavailable
+from app.errors import UpstreamTimeout, UpstreamUnavailable, UpstreamUnusable
 
 State = Literal["closed", "open", "half_open"]
 _GAUGE = {"closed": 0, "half_open": 1, "open": 2}
@@ -29,7 +29,7 @@ class CircuitOpen(UpstreamUnavailable):
 
 
 class CircuitBreaker:
-    """Counts consecutive upstream failures (unavailable or timed out)."""
+    """Counts consecutive upstream failures (unavailable, timed out, or answering unusably)."""
 
     def __init__(self, failure_threshold: int = 5, reset_timeout: float = 15.0) -> None:
         self.failure_threshold = failure_threshold
@@ -69,7 +69,7 @@ class CircuitBreaker:
             metrics.CIRCUIT_STATE.set(_GAUGE["half_open"])
         try:
             yield
-        except (UpstreamUnavailable, UpstreamTimeout):
+        except (UpstreamUnavailable, UpstreamTimeout, UpstreamUnusable):
             self._record_failure(probing)
             raise
         except BaseException:

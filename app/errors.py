@@ -111,6 +111,11 @@ class UpstreamError(BrokerError):
     title = "VideoDB answered unusably"
 
 
+class UpstreamUnusable(UpstreamError):
+    """VideoDB answered, but with something we cannot use: a malfunction, which the circuit
+    breaker counts (a refusal, 4xx, is VideoDB deciding and does not count)."""
+
+
 class UpstreamUnavailable(BrokerError):
     status = 503
     code = "upstream_unavailable"

@@ -65,7 +65,7 @@ def _usable_user_id(value: object) -> bool:
 class _Verified:
     user_id: str
     scopes: frozenset[str]
-    ring_id: int
+    generation: int
     valid_until: float
 
 
@@ -74,7 +74,8 @@ class VerifiedTokens:
 
     Desktop apps present the same JWT on every call; verifying its RSA signature and claims
     again each time was the largest cost of a cache hit (docs/performance.md). An entry is
-    void once the key ring changes, so a key the IdP withdrew stops working at the next fetch.
+    void once the keys change (a new generation), so a key the IdP withdrew stops working at
+    the next fetch.
     """
 
     def __init__(self, max_entries: int = VERIFIED_CACHE_ENTRIES) -> None:
@@ -82,14 +83,31 @@ class VerifiedTokens:
             maxsize=max_entries, ttu=lambda _k, v, _now: v.valid_until, timer=time.time
         )
 
-    def get(self, token: str, ring_id: int) -> _Verified | None:
+    def get(self, token: str, generation: int) -> _Verified | None:
         found = self._entries.get(hashlib.sha256(token.encode()).digest())
-        if found is None or found.ring_id != ring_id or time.time() >= found.valid_until:
+        if found is None or found.generation != generation or time.time() >= found.valid_until:
             return None
         return found
 
     def put(self, token: str, value: _Verified) -> None:
         self._entries[hashlib.sha256(token.encode()).digest()] = value
+
+
+def _only_cookie(request: Request, name: str) -> str | None:
+    """The one cookie of this name, or None; two of them is an InvalidToken.
+
+    Starlette keeps the last of several. A site that can plant a cookie for our host (a
+    sibling subdomain, a plain-HTTP page) could add its own beside the user's and choose
+    which one a proxy or the broker reads: refuse the ambiguity, as for Authorization.
+    """
+    found = 0
+    for header in request.headers.getlist("cookie"):
+        for pair in header.split(";"):
+            if pair.partition("=")[0].strip() == name:
+                found += 1
+    if found > 1:
+        raise InvalidToken(f"Send exactly one cookie named {name}.")
+    return request.cookies.get(name) if found else None
 
 
 class Authenticator:
@@ -115,7 +133,7 @@ class Authenticator:
                 raise MissingToken("Send the user's JWT as 'Authorization: Bearer <token>'.")
             return token, False
         cookie_name = self._settings.auth_cookie_name
-        cookie = request.cookies.get(cookie_name) if cookie_name else None
+        cookie = _only_cookie(request, cookie_name) if cookie_name else None
         if not cookie:
             raise MissingToken("Send the user's JWT as 'Authorization: Bearer <token>'.")
         # A cookie rides along on cross-site requests; the custom header cannot.
@@ -150,11 +168,11 @@ class Authenticator:
         except BrokerError as exc:
             metrics.IDENTITY_FAILURES.labels(exc.code).inc()
             raise
-        ring_id = id(self._keys.ring)
-        known = self._verified.get(token, ring_id)
+        generation = self._keys.generation
+        known = self._verified.get(token, generation)
         if known is not None:
             return Principal(known.user_id, known.scopes, via_cookie)
-        return self._principal(token, await self._claims(token), ring_id, via_cookie)
+        return self._principal(token, await self._claims(token), generation, via_cookie)
 
     async def _claims(self, token: str) -> dict[str, Any]:
         try:
@@ -165,7 +183,7 @@ class Authenticator:
             raise InvalidToken(exc.detail) from None
 
     def _principal(
-        self, token: str, claims: dict[str, Any], ring_id: int, via_cookie: bool
+        self, token: str, claims: dict[str, Any], generation: int, via_cookie: bool
     ) -> Principal:
         claim = self._settings.auth_user_claim
         user_id = claims.get(claim)
@@ -186,5 +204,5 @@ class Authenticator:
             float(claims["exp"]) + self._settings.auth_leeway_seconds,
             time.time() + VERIFIED_CACHE_MAX_SECONDS,
         )
-        self._verified.put(token, _Verified(user_id, scopes, ring_id, valid_until))
+        self._verified.put(token, _Verified(user_id, scopes, generation, valid_until))
         return Principal(user_id=user_id, scopes=scopes, via_cookie=via_cookie)

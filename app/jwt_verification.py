@@ -91,6 +91,8 @@ def _algorithms_for(jwk_data: Mapping[str, Any], allowed: frozenset[str]) -> lis
         return []  # "oct" keys in a JWKS would reopen HMAC/RSA confusion: never used
     declared = jwk_data.get("alg")
     if declared is not None:
+        if not isinstance(declared, str):
+            return []  # "alg": ["RS256"] and the like: not a key we can read with certainty
         candidates &= {declared}
     return sorted(candidates)
 
@@ -121,6 +123,22 @@ def _build_public_key(jwk_data: Mapping[str, Any], alg: str) -> Any:
     return key
 
 
+def _build_entry(jwk_data: object, allowed: frozenset[str]) -> tuple[str | None, dict[str, Any]]:
+    """One JWKS entry's kid and its pre-built keys by algorithm; none when it is not usable."""
+    if not isinstance(jwk_data, Mapping) or not _usable_for_signatures(jwk_data):
+        return None, {}
+    kid = jwk_data.get("kid")
+    if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_CHARS):
+        return None, {}
+    built: dict[str, Any] = {}
+    for alg in _algorithms_for(jwk_data, allowed):
+        try:
+            built[alg] = _build_public_key(jwk_data, alg)
+        except Exception:  # noqa: S112 - a malformed key is skipped, never fatal
+            continue
+    return kid, built
+
+
 def build_key_ring(jwks: object, allowed: frozenset[str]) -> tuple[KeyRing, int]:
     """Pre-build verification keys from a JWKS document; returns (ring, keys skipped)."""
     if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
@@ -128,19 +146,10 @@ def build_key_ring(jwks: object, allowed: frozenset[str]) -> tuple[KeyRing, int]
     ring: KeyRing = {}
     skipped = 0
     for jwk_data in jwks["keys"][:MAX_JWKS_KEYS]:
-        if not isinstance(jwk_data, Mapping) or not _usable_for_signatures(jwk_data):
-            skipped += 1
-            continue
-        kid = jwk_data.get("kid")
-        if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_CHARS):
-            skipped += 1
-            continue
-        built: dict[str, Any] = {}
-        for alg in _algorithms_for(jwk_data, allowed):
-            try:
-                built[alg] = _build_public_key(jwk_data, alg)
-            except Exception:  # noqa: S112 - a malformed key is skipped, never fatal
-                continue
+        try:
+            kid, built = _build_entry(jwk_data, allowed)
+        except Exception:  # a member of a type we did not expect: that key is skipped
+            kid, built = None, {}
         if built:
             ring.setdefault(kid, {}).update(built)
         else:
@@ -201,8 +210,19 @@ def select_key(ring: KeyRing, header: TokenHeader, allowed: frozenset[str]) -> A
     return candidates[0] if candidates else None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+# Time claims beyond this (the year 287,396, in seconds) are no time at all: refusing them keeps
+# every later comparison and float() conversion inside ordinary numbers (10**400 overflowed).
+MAX_TIME_CLAIM = 2**53
+
+
+def time_claim(value: object) -> float | None:
+    """A JSON number usable as a time claim, as a float; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and not -MAX_TIME_CLAIM <= value <= MAX_TIME_CLAIM:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and abs(number) <= MAX_TIME_CLAIM else None
 
 
 def decode(
@@ -230,14 +250,19 @@ def decode(
         raise _rejection(exc) from None
     if not isinstance(claims, dict):
         raise TokenRejected("malformed", "token payload is not a JSON object")
+    times: dict[str, float] = {}
     for name in ("exp", "nbf", "iat"):
-        if name in claims and not _is_number(claims[name]):
-            raise TokenRejected("claims", f"claim {name} is not a number")
-    # python-jose checks only that iat is a number; the leeway covers it like exp and nbf.
-    if "iat" in claims and claims["iat"] > time.time() + leeway:
-        raise TokenRejected("not_yet_valid", "token was issued in the future")
-    if "exp" not in claims or "aud" not in claims:
+        if name in claims:
+            number = time_claim(claims[name])
+            if number is None:
+                raise TokenRejected("claims", f"claim {name} is not a plausible number")
+            times[name] = number
+    if "exp" not in times or "aud" not in claims:
         raise TokenRejected("claims", "token must carry exp and aud")
+    claims["exp"] = times["exp"]  # what the caller reads: a float, never an unbounded int
+    # python-jose checks only that iat is a number; the leeway covers it like exp and nbf.
+    if "iat" in times and times["iat"] > time.time() + leeway:
+        raise TokenRejected("not_yet_valid", "token was issued in the future")
     if issuer is not None and claims.get("iss") != issuer:
         raise TokenRejected("issuer", "token issuer is not the configured issuer")
     return claims

@@ -42,7 +42,8 @@ UPSTREAM_LATENCY = Histogram(
 )
 UPSTREAM_OUTCOMES = Counter(
     "broker_upstream_requests_total",
-    "VideoDB calls by outcome (ok, unavailable, error, timeout, circuit_open)",
+    "VideoDB calls by outcome (ok, unavailable, unusable, error, timeout, circuit_open, "
+    "cancelled, other)",
     ["outcome"],
 )
 IDENTITY_FAILURES = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -16,7 +17,13 @@ from tenacity import (
 
 from app import metrics
 from app.circuit_breaker import CircuitBreaker, CircuitOpen
-from app.errors import BrokerError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.errors import (
+    BrokerError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnusable,
+)
 from app.videodb_client import MintedToken, VideoDBClient
 
 MAX_ATTEMPTS = 3
@@ -48,7 +55,11 @@ def _outcome(exc: BaseException | None) -> str:
         return "timeout"
     if isinstance(exc, UpstreamUnavailable):
         return "unavailable"
-    return "error" if isinstance(exc, UpstreamError) else "other"
+    if isinstance(exc, UpstreamUnusable):
+        return "unusable"
+    if isinstance(exc, UpstreamError):
+        return "error"
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "other"
 
 
 class ResilientVideoDB:
@@ -91,11 +102,11 @@ class ResilientVideoDB:
 
     async def _attempt(self, user_id: str, expires_in: int, budget: float) -> MintedToken:
         started = time.perf_counter()
-        error: BrokerError | None = None
+        error: BaseException | None = None
         try:
             async with self.breaker.guard():
                 return await self._client.mint(user_id, expires_in, budget=budget)
-        except BrokerError as exc:
+        except BaseException as exc:  # counted by what it was, never as "ok"
             error = exc
             raise
         finally:

@@ -22,6 +22,8 @@ JWKS_ALGORITHMS = frozenset(
 SHARED_SECRET_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name
 MIN_SHARED_SECRET_BYTES = 32
 MIN_KEY_CHARS = 8  # 'sk-' and a little: real keys are far longer; this catches 'sk-' alone
+_SENDABLE_MIN, _SENDABLE_MAX = 0x21, 0x7E  # visible ASCII: what an HTTP header value can carry
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -44,7 +46,11 @@ def is_loopback_host(host: str | None) -> bool:
 
 def require_secure_url(value: str) -> str:
     """Refuse anything but https://, except for loopback hosts."""
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsed for its ValueError on a port that is no port
+    except ValueError:
+        raise ValueError("must be an absolute http(s) URL") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("must be an absolute http(s) URL")
     if parts.username or parts.password:
@@ -129,6 +135,9 @@ class Settings(BaseSettings):
         if any(c.isspace() for c in raw):
             # Most often a newline kept from a secret file (`kubectl create secret --from-file`)
             raise ValueError("holds whitespace (a trailing newline from a file?); remove it")
+        if not all(_SENDABLE_MIN <= ord(c) <= _SENDABLE_MAX for c in raw):
+            # It travels in an HTTP header: anything outside visible ASCII cannot be sent.
+            raise ValueError("holds a character that is not visible ASCII (non-ASCII or control)")
         if not raw.startswith("sk-"):
             raise ValueError("must be a VideoDB secret key starting with 'sk-'")
         if len(raw) < MIN_KEY_CHARS:
@@ -181,6 +190,34 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 raise ValueError("each entry must be an IP address or CIDR network") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # Checked here so that a bad URL is one line at start-up, not a traceback from the
+        # Redis client; the message never repeats the URL, which may hold a password.
+        try:
+            parts = urlsplit(value.get_secret_value())
+            port = parts.port
+        except ValueError:
+            raise ValueError("is not a valid URL (check the host and port)") from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host, as in redis://redis:6379/0")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("must name a socket path, as in unix:///run/redis.sock")
+        if port == 0:
+            raise ValueError("port must be from 1 to 65535")
+        from redis.asyncio.connection import parse_url
+
+        try:
+            parse_url(value.get_secret_value())
+        except (ValueError, TypeError):
+            raise ValueError("has an option the Redis client refuses (check its query)") from None
         return value
 
     @field_validator("rate_limit")

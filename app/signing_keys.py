@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -23,6 +24,7 @@ FETCH_DEADLINE_S = 5.0
 # How long a request whose token names an unknown kid waits for the refetch it triggered.
 # Past it the request is refused (fail closed) and the refetch goes on in the background.
 UNKNOWN_KID_WAIT_S = 2.0
+FIRST_RETRY_DELAY_S = 0.5
 
 log = structlog.get_logger(logger_name="app.signing_keys")
 
@@ -39,6 +41,11 @@ class SigningKeys(Protocol):
 
     @property
     def ring(self) -> KeyRing: ...
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the ring does, and never repeats: what verified tokens are tied to."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -62,6 +69,10 @@ class SharedSecretKeys:
     @property
     def ring(self) -> KeyRing:
         return self._ring
+
+    @property
+    def generation(self) -> int:
+        return 0
 
     async def start(self) -> None:
         return None
@@ -91,12 +102,12 @@ async def _get_json(client: httpx.AsyncClient, url: str, deadline: float) -> obj
                     raise KeyFetchError(f"document at {url} is larger than {MAX_DOCUMENT_BYTES}")
     except TimeoutError:
         raise KeyFetchError(f"no complete answer from {url} within {deadline:g} s") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise KeyFetchError(f"{type(exc).__name__} fetching {url}") from exc
     try:
         return json.loads(body)
-    except ValueError:
-        raise KeyFetchError(f"document at {url} is not JSON") from None
+    except (ValueError, RecursionError):
+        raise KeyFetchError(f"document at {url} is not JSON (or nested too deeply)") from None
 
 
 class JwksKeys:
@@ -125,6 +136,8 @@ class JwksKeys:
         self._unknown_kid_wait = unknown_kid_wait
         self._unknown_kid_fetch: asyncio.Task[None] | None = None
         self._ring: KeyRing = {}
+        self._generation = 0
+        self._document_digest: bytes | None = None
         self._jwks_url: str | None = self._configured_jwks_url
         self._last_unknown_kid_fetch = float("-inf")
         self._lock = asyncio.Lock()
@@ -139,6 +152,10 @@ class JwksKeys:
     def ring(self) -> KeyRing:
         return self._ring
 
+    @property
+    def generation(self) -> int:
+        return self._generation
+
     def describe(self) -> str:
         return f"JWKS at {self._jwks_url or 'discovery of ' + str(self._issuer)}"
 
@@ -150,7 +167,8 @@ class JwksKeys:
         for task in (self._task, self._unknown_kid_fetch):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # Nothing a fetch did may fail the shutdown (each failure was logged as it came).
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
     async def load_once(self) -> None:
@@ -183,7 +201,10 @@ class JwksKeys:
                 log.warning("jwks_refresh_failed", trigger="unknown_kid", error=str(exc))
 
     async def _keep_fresh(self) -> None:
-        delay = 0.5
+        """Fetch on schedule for as long as the broker runs; a failure, whatever its cause,
+        is logged and retried after a growing delay (0.5 s first, capped at the interval)."""
+        cap = min(self._max_retry_delay, self._refresh_interval)
+        delay = FIRST_RETRY_DELAY_S
         while True:
             try:
                 async with self._lock:
@@ -194,11 +215,12 @@ class JwksKeys:
                     trigger="schedule",
                     error=str(exc),
                     keys_held=bool(self._ring),
+                    retry_in_s=round(delay, 1),
                 )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
-                delay = min(delay * 2, self._max_retry_delay)
+                await asyncio.sleep(min(cap, delay * random.uniform(0.8, 1.2)))  # noqa: S311
+                delay = min(delay * 2, cap)
                 continue
-            delay = 0.5
+            delay = FIRST_RETRY_DELAY_S
             await asyncio.sleep(self._refresh_interval)
 
     async def _discover(self) -> str:
@@ -217,30 +239,40 @@ class JwksKeys:
     async def _fetch(self, trigger: str) -> None:
         try:
             await self._fetch_and_build()
-        except KeyFetchError:
+        except Exception as exc:
+            # Any cause at all (a field of an odd type, a URL httpx cannot parse, a bug of
+            # ours) is a failed fetch: logged, retried and shown by /readyz like an outage.
+            failure = (
+                exc
+                if isinstance(exc, KeyFetchError)
+                else KeyFetchError(f"unusable answer ({type(exc).__name__})")
+            )
+            self.last_error = str(failure)
             metrics.KEY_REFRESHES.labels(trigger, "failed").inc()
-            raise
+            raise failure from None
         metrics.KEY_REFRESHES.labels(trigger, "ok").inc()
 
     async def _fetch_and_build(self) -> None:
+        url = self._jwks_url or await self._discover()
+        document = await _get_json(self._client, url, self._fetch_deadline)
         try:
-            url = self._jwks_url or await self._discover()
-            document = await _get_json(self._client, url, self._fetch_deadline)
-            try:
-                ring, skipped = build_key_ring(document, self._allowed)
-            except ValueError as exc:
-                raise KeyFetchError(str(exc)) from None
-            if not ring:
-                raise KeyFetchError("JWKS holds no key usable with BROKER_AUTH_ALGORITHMS")
-        except KeyFetchError as exc:
-            self.last_error = str(exc)
-            raise
+            ring, skipped = build_key_ring(document, self._allowed)
+        except ValueError as exc:
+            raise KeyFetchError(str(exc)) from None
+        if not ring:
+            raise KeyFetchError("JWKS holds no key usable with BROKER_AUTH_ALGORITHMS")
         if self._configured_jwks_url is None:
             self._jwks_url = url
-        changed = set(ring) != set(self._ring)
+        # The document as published, not the kids: a key replaced under the same kid is a
+        # change too. Each change gets a new generation, and tokens verified before it are
+        # verified again (a counter, unlike id() of the ring, never comes back).
+        digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).digest()
+        changed = digest != self._document_digest
         self._ring = ring
         self.last_error = None
         if changed:
+            self._document_digest = digest
+            self._generation += 1
             log.info("jwks_loaded", keys=len(ring), skipped=skipped, kids=sorted(map(str, ring)))
 
 

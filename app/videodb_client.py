@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -13,7 +14,13 @@ import structlog
 from pydantic import SecretStr
 
 from app import __version__
-from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.errors import (
+    BrokerError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnusable,
+)
 from app.fingerprint import fingerprint
 from app.videodb_transport import VideoDBTransport
 
@@ -22,7 +29,8 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 4096
 DEFAULT_RETRY_AFTER = 5
 MAX_CONNECTIONS = 100
-MAX_HONOURED_RETRY_AFTER = 300
+MAX_HONOURED_RETRY_AFTER = 300  # seconds: the most of VideoDB's Retry-After we pass on
+MAX_TIME_NUMBER = 2**53  # beyond it a time is no time (and float() of 10**400 overflows)
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
 log = structlog.get_logger(logger_name="app.videodb")
@@ -79,34 +87,47 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+
+
 def retry_after_hint(value: str | None) -> int | None:
-    """VideoDB's Retry-After in seconds when it is a plain number, capped; else None."""
-    if value is not None and value.strip().isdigit():
-        return min(max(int(value.strip()), 1), MAX_HONOURED_RETRY_AFTER)
-    return None
+    """VideoDB's Retry-After in whole seconds (1 to the cap) when it is delay-seconds; else None.
+
+    Only ASCII digits count (`str.isdigit` also takes '²' and other scripts' digits, which
+    int() then refuses), and a number too long to be meant is the cap, never parsed.
+    """
+    text = value.strip() if value is not None else ""
+    if not _DELAY_SECONDS.fullmatch(text):
+        return None
+    if len(text) > len(str(MAX_HONOURED_RETRY_AFTER)):
+        return MAX_HONOURED_RETRY_AFTER
+    return min(max(int(text), 1), MAX_HONOURED_RETRY_AFTER)
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+def time_number(value: object) -> float | None:
+    """A JSON number of ordinary size as a float; None for anything else (bools, 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and abs(value) > MAX_TIME_NUMBER:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and abs(number) <= MAX_TIME_NUMBER else None
 
 
 def true_expiry(sent_at: float, requested: int, expires_at: object, expires_in: object) -> int:
     """The earliest expiry any signal supports, so what we report is never too late.
 
-    VideoDB's `expires_at` may be a float, in another unit, or disagree with `expires_in`;
-    `sent_at + expires_in` is a bound measured on our own clock.
+    VideoDB's `expires_at` may be a float, in another unit (milliseconds), or disagree with
+    `expires_in`. Whatever it says, a token is never taken to outlive the lifetime we asked
+    for, counted from when the request was sent (our own clock).
     """
-    candidates = []
-    lifetime = _number(expires_in)
+    candidates = [sent_at + requested]
+    lifetime = time_number(expires_in)
     if lifetime is not None and lifetime > 0:
         candidates.append(sent_at + lifetime)
-    absolute = _number(expires_at)
+    absolute = time_number(expires_at)
     if absolute is not None:
         candidates.append(absolute)
-    if not candidates:
-        candidates.append(sent_at + requested)
     return math.floor(min(candidates))
 
 
@@ -141,7 +162,14 @@ class VideoDBClient:
             raise UpstreamUnavailable(
                 "VideoDB could not be reached; try again shortly.", DEFAULT_RETRY_AFTER
             ) from None
-        return self._interpret(status, headers, body, sent_at, expires_in)
+        try:
+            return self._interpret(status, headers, body, sent_at, expires_in)
+        except BrokerError:
+            raise
+        except Exception as exc:
+            # Whatever else an answer can make go wrong is an answer we cannot use.
+            log.warning("videodb_unusable", problem=type(exc).__name__)
+            raise UpstreamUnusable("VideoDB answered with something unusable.") from None
 
     async def _post(self, user_id: str, expires_in: int) -> tuple[int, httpx.Headers, bytes]:
         payload = json.dumps({"user_id": user_id, "expires_in": expires_in}).encode()
@@ -185,16 +213,17 @@ class VideoDBClient:
             log.warning("videodb_refused", status=status)
             raise UpstreamError(f"VideoDB refused the request (HTTP {status}).")
         if len(body) > MAX_RESPONSE_BYTES:
-            raise UpstreamError("VideoDB answered with an oversized body.")
+            log.warning("videodb_unusable", problem="oversized")
+            raise UpstreamUnusable("VideoDB answered with an oversized body.")
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             log.warning("videodb_unusable", problem="not_json")
-            raise UpstreamError("VideoDB answered with something that is not JSON.") from None
+            raise UpstreamUnusable("VideoDB answered with something that is not JSON.") from None
         data = document.get("data") if isinstance(document, dict) else None
         if not isinstance(document, dict) or document.get("success") is not True:
             log.warning("videodb_unusable", problem="success_not_true")
-            raise UpstreamError("VideoDB reported a failure.")
+            raise UpstreamUnusable("VideoDB reported a failure.")
         token = data.get("token") if isinstance(data, dict) else None
         if (
             not isinstance(token, str)
@@ -203,10 +232,10 @@ class VideoDBClient:
             or not token.isprintable()
         ):
             log.warning("videodb_unusable", problem="no_session_token")
-            raise UpstreamError("VideoDB answered without a session token.")
+            raise UpstreamUnusable("VideoDB answered without a session token.")
         assert isinstance(data, dict)
         expires_at = true_expiry(sent_at, requested, data.get("expires_at"), data.get("expires_in"))
         if expires_at - time.time() < 1:
             log.warning("videodb_unusable", problem="already_expired", token=fingerprint(token))
-            raise UpstreamError("VideoDB answered with a token that has already expired.")
+            raise UpstreamUnusable("VideoDB answered with a token that has already expired.")
         return MintedToken(token=token, expires_at=expires_at)

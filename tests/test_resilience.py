@@ -109,6 +109,46 @@ async def test_an_outage_costs_videodb_few_calls_and_readiness_shows_it(
     assert (await client.get("/readyz")).status_code == 200
 
 
+def _outcomes(exposition: str) -> dict[str, float]:
+    found = {}
+    for line in exposition.splitlines():
+        if line.startswith("broker_upstream_requests_total{"):
+            label, value = line.split("} ")
+            found[label.split('outcome="')[1].rstrip('"')] = float(value)
+    return found
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="[" * 30_000 + "]" * 30_000),  # nested past the parser
+        httpx.Response(200, json={"success": True, "data": {"token": "not-st"}}),
+        httpx.Response(200, text="<html>maintenance</html>"),
+    ],
+)
+async def test_unusable_answers_count_as_failures_for_the_breaker_and_the_metrics(
+    app_client: Build,
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    answer: httpx.Response,
+) -> None:
+    network["videodb"].mock(return_value=answer)
+    client = await app_client(make_settings(circuit_failure_threshold=2, rate_limit="1000/minute"))
+    before = _outcomes((await client.get("/metrics")).text)
+    statuses = []
+    for i in range(4):
+        resp = await client.post(TOKEN_PATH, headers=bearer(issuer.mint(f"u{i}", AUDIENCE)))
+        statuses.append((resp.status_code, resp.json()["code"]))
+    assert statuses[:2] == [(502, "upstream_error")] * 2
+    assert statuses[2:] == [(503, "upstream_unavailable")] * 2  # the circuit opened
+    assert network["videodb"].call_count == 2
+    after = _outcomes((await client.get("/metrics")).text)
+    assert after.get("unusable", 0) - before.get("unusable", 0) == 2
+    assert after.get("ok", 0) == before.get("ok", 0)
+    assert after.get("circuit_open", 0) - before.get("circuit_open", 0) == 2
+
+
 async def test_half_open_lets_exactly_one_probe_through() -> None:
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=0.05)
     with pytest.raises(UpstreamUnavailable):

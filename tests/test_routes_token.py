@@ -232,6 +232,55 @@ async def test_shared_secret_mode(
     assert network["videodb"].call_count == 1
 
 
+def _hs256_raw(payload: str) -> str:
+    """A validly signed HS256 token whose payload is exactly this JSON text."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload.encode())
+    mac = hmac.new(HS_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(mac)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        '"exp": 1{zeros}',  # 10**400, an int no float can hold
+        '"exp": {soon}, "iat": 1{zeros}',
+        '"exp": {soon}, "nbf": -1{zeros}',
+        '"exp": 1e400',  # a float that parses as infinity
+        '"exp": {soon}, "iat": -1e400',
+        '"exp": 1e17',  # finite, but past any plausible time
+        '"exp": {soon}.5e0, "iat": NaN',
+        '"exp": {soon}, "nbf": true',
+    ],
+)
+async def test_a_time_claim_of_any_size_is_a_401_never_a_500(
+    app_client: Build, make_settings: Callable[..., Any], network: respx.MockRouter, times: str
+) -> None:
+    settings = make_settings(auth_jwks_url=None, auth_hs256_secret=HS_SECRET)
+    client = await app_client(settings)
+    claims = times.format(zeros="0" * 400, soon=int(time.time()) + 60)
+    token = _hs256_raw(
+        f'{{"sub": "u1", "aud": "{AUDIENCE}", "iss": "{settings.auth_issuer}", {claims}}}'
+    )
+    resp = await client.post(TOKEN_PATH, headers=bearer(token))
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["code"] == "invalid_token"
+    assert not network["videodb"].called
+    # and a float time claim within reason is an ordinary one
+    soon = time.time() + 60
+    ok = _hs256_raw(
+        f'{{"sub": "u1", "aud": "{AUDIENCE}", "iss": "{settings.auth_issuer}", '
+        f'"exp": {soon}, "iat": {time.time() - 1.5}}}'
+    )
+    assert (await client.post(TOKEN_PATH, headers=bearer(ok))).status_code == 200
+
+
 class TestCookieMode:
     async def _client(self, app_client: Build, make_settings: Callable[..., Any]) -> Any:
         return await app_client(make_settings(auth_cookie_name="session"))
@@ -281,6 +330,41 @@ class TestCookieMode:
         assert resp.status_code == 403
         assert resp.json()["code"] == "origin_not_allowed"
         assert not network["videodb"].called
+
+    @pytest.mark.parametrize(
+        "cookie_headers",
+        [
+            ["session={victim}; session={attacker}"],
+            ["session={victim}", "other=1; session={attacker}"],
+            ["session={victim};session={attacker}"],
+        ],
+    )
+    async def test_two_cookies_of_the_name_are_refused(
+        self,
+        app_client: Build,
+        make_settings: Callable[..., Any],
+        issuer: DevIssuer,
+        network: respx.MockRouter,
+        cookie_headers: list[str],
+    ) -> None:
+        """A planted cookie beside the user's must not choose whose token is minted."""
+        client = await self._client(app_client, make_settings)
+        victim, attacker = issuer.mint("victim", AUDIENCE), issuer.mint("attacker", AUDIENCE)
+        headers = [("X-CSRF", "1")] + [
+            ("Cookie", h.format(victim=victim, attacker=attacker)) for h in cookie_headers
+        ]
+        resp = await client.post(TOKEN_PATH, headers=headers)
+        assert resp.status_code == 401
+        assert resp.json()["code"] == "invalid_token"
+        assert "exactly one cookie named session" in resp.json()["detail"]
+        assert victim not in resp.text
+        assert attacker not in resp.text
+        assert not network["videodb"].called
+        # the same user with one cookie, beside others of other names, is served
+        one = await client.post(
+            TOKEN_PATH, headers=[("X-CSRF", "1"), ("Cookie", f"a=1; session={victim}; b=2")]
+        )
+        assert one.status_code == 200
 
     async def test_cookie_ignored_when_mode_off(self, app_client: Build, issuer: DevIssuer) -> None:
         client = await app_client()

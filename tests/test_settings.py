@@ -106,6 +106,15 @@ def test_loopback_http_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"VIDEO_DB_API_KEY": "pk-not-a-secret-key"}, "VIDEO_DB_API_KEY", "sk-"),
         ({"VIDEO_DB_API_KEY": "sk-from-a-file\n"}, "VIDEO_DB_API_KEY", "trailing newline"),
         ({"VIDEO_DB_API_KEY": "sk-abc"}, "VIDEO_DB_API_KEY", "too short"),
+        ({"VIDEO_DB_API_KEY": "sk-caf\u00e9-0123456789"}, "VIDEO_DB_API_KEY", "visible ASCII"),
+        ({"VIDEO_DB_API_KEY": "sk-bell\x07-0123456789"}, "VIDEO_DB_API_KEY", "visible ASCII"),
+        ({"VIDEO_DB_API_KEY": "sk-del\x7f-0123456789"}, "VIDEO_DB_API_KEY", "visible ASCII"),
+        ({"BROKER_REDIS_URL": "http://redis:6379"}, "BROKER_REDIS_URL", "redis://"),
+        ({"BROKER_REDIS_URL": "redis://redis:port/0"}, "BROKER_REDIS_URL", "host and port"),
+        ({"BROKER_REDIS_URL": "redis://redis:99999/0"}, "BROKER_REDIS_URL", "host and port"),
+        ({"BROKER_REDIS_URL": "redis://redis:0/0"}, "BROKER_REDIS_URL", "1 to 65535"),
+        ({"BROKER_REDIS_URL": "redis:///0"}, "BROKER_REDIS_URL", "host"),
+        ({"BROKER_REDIS_URL": "redis://r:6379/0?db=x"}, "BROKER_REDIS_URL", "query"),
         ({"BROKER_AUTH_AUDIENCE": None}, "BROKER_AUTH_AUDIENCE", "required"),
         ({"VIDEO_DB_API": "http://api.videodb.io"}, "VIDEO_DB_API", "https"),
         ({"BROKER_AUTH_JWKS_URL": "http://idp.example.com/jwks"}, "BROKER_AUTH_JWKS_URL", "https"),
@@ -158,6 +167,20 @@ def test_error_never_echoes_the_secret_value(monkeypatch: pytest.MonkeyPatch) ->
         BROKER_AUTH_HS256_SECRET="tooshort-but-very-secret",
     )
     assert "tooshort-but-very-secret" not in message
+
+
+def test_a_bad_redis_url_never_echoes_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _error(monkeypatch, BROKER_REDIS_URL="redis://:hunter2-pass@redis:70000/0")
+    assert "BROKER_REDIS_URL" in message
+    assert "hunter2-pass" not in message
+
+
+def test_a_key_that_cannot_be_sent_is_named_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    unsendable = "sk-\u0441yrillic-lookalike-0123456789"
+    message = _error(monkeypatch, VIDEO_DB_API_KEY=unsendable)
+    assert message.startswith("VIDEO_DB_API_KEY:")
+    assert unsendable not in message
+    assert "lookalike" not in message
 
 
 def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:

@@ -43,6 +43,11 @@ async def test_discovery_finds_the_jwks(
         ({"issuer": "https://other.test", "jwks_uri": ISSUER + "/jwks.json"}, "different issuer"),
         ({"issuer": ISSUER, "jwks_uri": "http://idp.test/jwks.json"}, "https"),
         ({"issuer": ISSUER}, "no jwks_uri"),
+        ({"issuer": ISSUER, "jwks_uri": "https://[::1/jwks.json"}, "URL"),
+        ({"issuer": ISSUER, "jwks_uri": "https://idp.test:99999/jwks.json"}, "URL"),
+        ({"issuer": ISSUER, "jwks_uri": "https://idp.test/\u0000jwks"}, "InvalidURL"),
+        ({"issuer": ISSUER, "jwks_uri": ["https://idp.test/jwks.json"]}, "no jwks_uri"),
+        ({"issuer": {"nested": ISSUER}, "jwks_uri": ISSUER + "/jwks.json"}, "different issuer"),
     ],
 )
 async def test_unsafe_discovery_documents_are_refused(
@@ -63,6 +68,8 @@ async def test_unsafe_discovery_documents_are_refused(
         (httpx.Response(200, json={"keys": [{"kty": "oct", "k": "AAAA"}]}), "no key usable"),
         (httpx.Response(200, content=b"[" + b" " * 600_000 + b"]"), "larger"),
         (httpx.Response(200, json={"nope": 1}), "not a JWKS"),
+        (httpx.Response(200, text="[" * 50_000 + "]" * 50_000), "not JSON"),
+        (httpx.Response(200, json={"keys": {"kty": "RSA"}}), "not a JWKS"),
     ],
 )
 async def test_bad_jwks_documents_keep_the_old_keys(
@@ -152,3 +159,93 @@ async def test_a_trickling_provider_is_cut_off_at_the_whole_fetch_deadline(
         await keys.load_once()
     assert time.monotonic() - started < 1.0
     assert not keys.ready
+
+
+def _public(issuer: DevIssuer) -> dict[str, Any]:
+    key: dict[str, Any] = issuer.jwks()["keys"][0]
+    return key
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"alg": ["RS256"]},
+        {"alg": {"name": "RS256"}},
+        {"kty": ["RSA"]},
+        {"use": ["sig"]},
+        {"key_ops": "verify"},
+        {"crv": ["P-256"], "kty": "EC"},
+        {"n": 12345},
+        {"e": None},
+        {"kid": {"id": 1}},
+    ],
+)
+async def test_a_key_with_members_of_odd_types_is_skipped_and_the_rest_load(
+    make_settings: Callable[..., Any],
+    network: respx.MockRouter,
+    issuer: DevIssuer,
+    odd: dict[str, Any],
+) -> None:
+    other = DevIssuer(issuer=ISSUER, kid="other-key")
+    document = {"keys": [{**_public(other), **odd}, _public(issuer)]}
+    network["jwks"].mock(return_value=httpx.Response(200, json=document))
+    keys = await _keys(make_settings)
+    await keys.load_once()
+    assert set(keys.ring) == {issuer.kid}
+
+
+async def test_every_key_odd_is_a_failed_fetch_never_an_exception_of_another_kind(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
+) -> None:
+    network["jwks"].mock(
+        return_value=httpx.Response(200, json={"keys": [{**_public(issuer), "alg": ["RS256"]}]})
+    )
+    keys = await _keys(make_settings)
+    with pytest.raises(KeyFetchError, match="no key usable"):
+        await keys.load_once()
+    assert keys.last_error is not None
+
+
+async def test_the_scheduled_refresh_outlives_any_failure_and_retries_within_seconds(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
+) -> None:
+    """Whatever breaks a fetch (here: a bug-shaped exception from deep inside), the refresh
+    retries soon, recovers once the provider does, and stops cleanly."""
+    answers: list[Any] = [
+        RecursionError("deep"),
+        httpx.Response(200, json={"keys": [{**_public(issuer), "alg": ["RS256"]}]}),
+        httpx.InvalidURL("bad"),
+    ]
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        item = answers.pop(0) if answers else httpx.Response(200, json=issuer.jwks())
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, httpx.Response)
+        return item
+
+    network["jwks"].mock(side_effect=answer)
+    keys = JwksKeys(make_settings(), httpx.AsyncClient(), max_retry_delay=0.2)
+    await keys.start()
+    for _ in range(200):
+        if keys.ready:
+            break
+        await asyncio.sleep(0.02)
+    assert keys.ready
+    assert network["jwks"].call_count == 4  # three failures, then the keys
+    assert keys.last_error is None
+    await keys.stop()  # clean: no exception of the failed fetches comes back here
+
+
+async def test_the_generation_changes_with_the_document_and_never_repeats(
+    make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
+) -> None:
+    other = DevIssuer(issuer=ISSUER, kid="other-key")
+    keys = await _keys(make_settings)
+    seen = []
+    for document in (issuer.jwks(), issuer.jwks(), other.jwks(), issuer.jwks()):
+        network["jwks"].mock(return_value=httpx.Response(200, json=document))
+        await keys.load_once()
+        seen.append(keys.generation)
+    assert seen[0] == seen[1]  # the same document again: tokens verified stay verified
+    assert seen[1] < seen[2] < seen[3]  # back to the first keys: still a new generation

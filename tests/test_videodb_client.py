@@ -78,6 +78,36 @@ FAILURES: dict[str, tuple[Any, int, str]] = {
         "upstream_error",
     ),
     "huge_body": (httpx.Response(200, text="x" * 200_000), 502, "upstream_error"),
+    "deeply_nested": (
+        httpx.Response(200, text="[" * 30_000 + "]" * 30_000),
+        502,
+        "upstream_error",
+    ),
+    "deeply_nested_data": (
+        httpx.Response(200, text='{"success": true, "data": ' + "[" * 30_000 + "]" * 30_000 + "}"),
+        502,
+        "upstream_error",
+    ),
+    "retry_after_superscript": (
+        httpx.Response(503, headers=[(b"Retry-After", "\u00b2".encode())]),
+        503,
+        "upstream_unavailable",
+    ),
+    "retry_after_arabic_digits": (
+        httpx.Response(429, headers=[(b"Retry-After", "\u0663".encode())]),
+        503,
+        "upstream_unavailable",
+    ),
+    "retry_after_thousands_of_digits": (
+        httpx.Response(503, headers={"Retry-After": "9" * 5000}),
+        503,
+        "upstream_unavailable",
+    ),
+    "retry_after_negative": (
+        httpx.Response(503, headers={"Retry-After": "-5"}),
+        503,
+        "upstream_unavailable",
+    ),
     "list_body": (httpx.Response(200, json=[1, 2]), 502, "upstream_error"),
 }
 
@@ -112,7 +142,8 @@ async def test_upstream_failure_maps_to_contract(
     assert "videodb.internal" not in resp.text  # not "db01": request ids are hex
     assert "evil" not in resp.text
     if status == 503:
-        assert int(resp.headers["retry-after"]) >= 1
+        assert resp.headers["retry-after"].isascii()
+        assert 1 <= int(resp.headers["retry-after"]) <= 300
     logs = capsys.readouterr()
     assert API_KEY not in logs.out + logs.err
 
@@ -147,6 +178,45 @@ def test_true_expiry_takes_the_earliest_signal() -> None:
     assert true_expiry(1000.0, 900, None, None) == 1900  # nothing said: what we asked for
     assert true_expiry(1000.0, 900, "soon", True) == 1900  # nonsense is ignored
     assert true_expiry(1000.0, 900, 1500, None) == 1500
+    # never beyond the lifetime asked for, whatever VideoDB says
+    assert true_expiry(1000.0, 900, 1_900_000_000_000, None) == 1900  # ms, no expires_in
+    assert true_expiry(1000.0, 900, None, 86_400) == 1900
+    assert true_expiry(1000.0, 900, 2**70, None) == 1900
+    assert true_expiry(1000.0, 900, 10**400, 10**400) == 1900
+    assert true_expiry(1000.0, 900, float("inf"), float("nan")) == 1900
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"token": "st-far", "expires_at": 1900000000000}',  # milliseconds, no expires_in
+        b'{"token": "st-far", "expires_at": 18446744073709551616000}',  # past 64 bits
+        b'{"token": "st-far", "expires_at": 1' + b"0" * 400 + b"}",
+        b'{"token": "st-far", "expires_at": 1e400, "expires_in": 1e400}',
+        b'{"token": "st-far", "expires_in": 31536000}',  # a year
+    ],
+)
+async def test_an_implausible_expiry_is_never_reported_nor_kept(
+    app_client: Build, issuer: DevIssuer, network: respx.MockRouter, data: bytes
+) -> None:
+    network["videodb"].mock(
+        return_value=httpx.Response(200, content=b'{"success": true, "data": ' + data + b"}")
+    )
+    client = await app_client()
+    sent_at = time.time()
+    resp = await client.post(
+        TOKEN_PATH, json={"expires_in": 600}, headers=bearer(issuer.mint("u", AUDIENCE))
+    )
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["expires_at"] <= sent_at + 600
+    assert 595 <= body["expires_in"] <= 600
+    # kept for reuse only while half of that lifetime is left: the same request reuses it now
+    again = await client.post(
+        TOKEN_PATH, json={"expires_in": 600}, headers=bearer(issuer.mint("u", AUDIENCE))
+    )
+    assert again.json()["expires_at"] == body["expires_at"]
+    assert network["videodb"].call_count == 1
 
 
 def test_upstream_base_url_is_used_exactly(make_settings: Callable[..., Any]) -> None:

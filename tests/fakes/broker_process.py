@@ -92,6 +92,23 @@ class BrokerProcess:
                 records.append(json.loads(line))
         return records
 
+    def wait_for_log(
+        self, event: str, count: int = 1, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        """Block until the process has logged `event` at least `count` times; those records."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            complete = self.output().rpartition("\n")[0]  # a line still being written waits
+            found = [
+                r
+                for r in map(json.loads, filter(str.strip, complete.splitlines()))
+                if r.get("event") == event
+            ]
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no {count} x {event} in {timeout}s:\n{self.output()}")
+
     def terminate(self, timeout: float = 35.0) -> int:
         """SIGTERM and wait: 0 when it stopped cleanly.
 

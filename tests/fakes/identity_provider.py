@@ -15,7 +15,8 @@ from app.sandbox.dev_issuer import DevIssuer
 
 @dataclass
 class FakeIdentityProvider:
-    """Publishes the keys of one or more DevIssuers; `fault` makes it fail."""
+    """Publishes the keys of one or more DevIssuers; `fault` makes it fail: down, hang,
+    garbage, trickle, nested, bad_jwks_uri (discovery) or odd_types (JWKS members)."""
 
     issuers: list[DevIssuer] = field(default_factory=list)
     issuer_url: str = ""
@@ -55,11 +56,17 @@ class FakeIdentityProvider:
             await asyncio.sleep(30)
         if self.fault == "garbage":
             return PlainTextResponse("<html>oops</html>", 200)
+        if self.fault == "nested":  # valid JSON, nested past any parser's recursion limit
+            return Response("[" * 50_000 + "]" * 50_000, 200, media_type="application/json")
         if request.url.path == "/.well-known/openid-configuration":
-            return JSONResponse(
-                {"issuer": self.issuer_url, "jwks_uri": self.issuer_url + "/jwks.json"}
-            )
+            jwks_uri = self.issuer_url + "/jwks.json"
+            if self.fault == "bad_jwks_uri":  # a URL no client can parse
+                jwks_uri = self.issuer_url + "/jwks\u0000.json"
+            return JSONResponse({"issuer": self.issuer_url, "jwks_uri": jwks_uri})
         if request.url.path == "/jwks.json":
             self.jwks_fetches += 1
-            return JSONResponse({"keys": [i.public_jwk() for i in self.issuers]})
+            keys = [i.public_jwk() for i in self.issuers]
+            if self.fault == "odd_types":  # members of unexpected JSON types
+                keys = [{**k, "alg": [k["alg"]], "use": {"sig": True}} for k in keys]
+            return JSONResponse({"keys": keys})
         return PlainTextResponse("not found", 404)

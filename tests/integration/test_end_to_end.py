@@ -205,16 +205,23 @@ def test_videodb_down_then_recovering(
     assert_no_secret_in(process.output())
 
 
+@pytest.mark.parametrize("fault", ["down", "odd_types", "nested", "bad_jwks_uri"])
 def test_identity_provider_down_at_start_then_up(
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[FakeVideoDB, ThreadedServer], fault: str
 ) -> None:
+    """Whatever is wrong with the provider's answers, the broker fails closed (401, never a
+    500), says why in /readyz and its log, retries within seconds, recovers by itself once
+    the provider does, and shuts down cleanly."""
     _, videodb_srv = videodb_server
-    provider = FakeIdentityProvider(fault="down")
+    provider = FakeIdentityProvider(fault=fault)
     server = ThreadedServer(provider)
     provider.issuer_url = server.url
     provider.rotate()
     server.start()
-    process = BrokerProcess(broker_settings(provider, videodb_srv.url)).wait_healthy()
+    settings = broker_settings(provider, videodb_srv.url)
+    if fault == "bad_jwks_uri":
+        del settings["BROKER_AUTH_JWKS_URL"]  # the keys are found by discovery
+    process = BrokerProcess(settings).wait_healthy()
     try:
         not_ready = httpx.get(process.url + "/readyz")
         assert not_ready.status_code == 503
@@ -222,6 +229,8 @@ def test_identity_provider_down_at_start_then_up(
         assert "signing_keys" in not_ready.json()["detail"]
         refused = httpx.post(process.url + TOKEN_PATH, headers=_bearer(provider))
         assert refused.status_code == 401  # fail closed: no keys, no tokens
+        failures = process.wait_for_log("jwks_refresh_failed", count=2, timeout=15)
+        assert all(record["error"] for record in failures)  # each says why
         provider.fault = None
         process.wait_ready(timeout=15)
         ok = httpx.post(process.url + TOKEN_PATH, headers=_bearer(provider))
@@ -229,6 +238,9 @@ def test_identity_provider_down_at_start_then_up(
     finally:
         assert process.terminate() == 0
         server.stop()
+    output = process.output()
+    assert "Traceback" not in output
+    assert "shutdown failed" not in output.lower()
 
 
 @pytest.fixture
