@@ -6,12 +6,13 @@ held open for good, and a 20 MB header line was read into memory (measured with 
 0.54). Behind a proxy that enforces its own limits this never matters; a broker that
 terminates TLS itself (`BROKER_TLS_CERT_FILE`) faces clients directly. This subclass:
 
-- gives each request REQUEST_READ_TIMEOUT_S from its first byte until it has arrived
-  whole, head and body: then 408 if the head is not complete, else the connection is closed
-  (the app already holds the request and sees the client go);
+- gives each request, pipelined or not, REQUEST_READ_TIMEOUT_S from its first byte until it
+  has arrived whole, head and body: then 408 if the head is not complete, else the
+  connection is closed (the app already holds the request and sees the client go);
 - treats a new connection that sends nothing like an idle kept-alive one: uvicorn's
   keep-alive timeout (`token-broker serve --keep-alive`) closes it quietly;
-- refuses a head larger than MAX_HEAD_BYTES with 431 before it is parsed further;
+- refuses a head larger than MAX_HEAD_BYTES with 431 before it is parsed further, for every
+  request on the connection (see the class for how a head is measured);
 - answers bytes that are not HTTP with a problem body too (uvicorn's is plain text).
 
 Waiting for a response is not limited here: that is the app's business (its deadlines).
@@ -60,12 +61,27 @@ def refusal(status: HTTPStatus, code: str, detail: str, request_id: str) -> byte
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """One request at a time must arrive in time and with a bounded head."""
+    """Every request on a connection, pipelined or not, must arrive in time and with a
+    bounded head.
+
+    A head is measured two ways, and refused when either passes MAX_HEAD_BYTES: as parsed
+    (its request target and header lines, counted as the parser hands them over, which sees a
+    head that shares a read with the end of the previous request), and as received (every
+    read while the head is incomplete, so that a head the parser is still gathering never
+    grows past the limit in memory). A head that begins inside a read and is still
+    incomplete at its end has that whole read counted: the share that was the previous
+    request's is not known, and the error falls on the side of refusing.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # as received
+        self._parsed_head = 0  # as parsed
+        self._read_size = 0  # the read being parsed, 0 between reads
+        self._completed_in_read = False  # a request ended inside the read being parsed
+        self._began_in_read = False  # and the next one began after it in the same read
+        self._refused = False
         self._read_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -81,26 +97,73 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._reading_head:
             self._arm()  # the request's clock starts with its first byte, even a blank line
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(
-                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request_header_too_large",
-                    f"The request line and headers may hold at most {MAX_HEAD_BYTES} bytes.",
-                )
+            if not self._count_received(len(data)):
                 return
-        super().data_received(data)
+        self._read_size, self._completed_in_read, self._began_in_read = len(data), False, False
+        try:
+            super().data_received(data)
+        finally:
+            self._read_size = 0
+        if self._began_in_read and self._reading_head and not self._refused:
+            self._count_received(len(data))
+
+    def on_message_begin(self) -> None:
+        if self._refused:
+            return
+        if self._completed_in_read:  # pipelined: this head shares a read with the last body
+            self._began_in_read = True
+        self._arm()
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self._count_parsed(len(url)):
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._count_parsed(len(name) + len(value) + 4):  # ": " and CRLF
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._reading_head = False
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._disarm()
-        self._reading_head, self._head_bytes = True, 0
+        self._reading_head, self._head_bytes, self._parsed_head = True, 0, 0
+        self._completed_in_read = self._read_size > 0
+
+    def _count_received(self, size: int) -> bool:
+        self._head_bytes += size
+        return self._within_head_limit()
+
+    def _count_parsed(self, size: int) -> bool:
+        if self._refused:
+            return False
+        self._parsed_head += size
+        return self._within_head_limit()
+
+    def _within_head_limit(self) -> bool:
+        if max(self._head_bytes, self._parsed_head) <= MAX_HEAD_BYTES:
+            return True
+        self._refuse(
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_header_too_large",
+            f"The request line and headers may hold at most {MAX_HEAD_BYTES} bytes.",
+        )
+        return False
 
     def _arm(self) -> None:
         if self._read_deadline is None:
@@ -135,9 +198,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP/1.1, as a problem like every error."""
+        if self._refused:
+            return
         self._refuse(HTTPStatus.BAD_REQUEST, "bad_request", "The request is not valid HTTP/1.1.")
 
     def _refuse(self, status: HTTPStatus, code: str, detail: str) -> None:
+        # Once refused, the rest of what the parser holds is ignored: the connection closes.
+        self._refused = True
         request_id = os.urandom(16).hex()  # in the body and the log line, to match them up
         log.warning(
             "request_refused",

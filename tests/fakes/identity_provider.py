@@ -67,6 +67,6 @@ class FakeIdentityProvider:
             self.jwks_fetches += 1
             keys = [i.public_jwk() for i in self.issuers]
             if self.fault == "odd_types":  # members of unexpected JSON types
-                keys = [{**k, "alg": [k["alg"]], "use": {"sig": True}} for k in keys]
+                keys = [{**k, "alg": [k["alg"]]} for k in keys]
             return JSONResponse({"keys": keys})
         return PlainTextResponse("not found", 404)

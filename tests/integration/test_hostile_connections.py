@@ -105,6 +105,53 @@ def test_a_huge_request_head_is_refused_without_being_read_into_memory(
     assert str(MAX_HEAD_BYTES) in str(problem["detail"])
 
 
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [
+        [HEALTH],  # a whole request, then the huge head in the same write
+        # a request's head, then the end of its body and the huge head in one read
+        [b"POST /healthz HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\n\r\n", b"hello"],
+    ],
+)
+def test_a_huge_head_behind_another_request_is_refused_too(
+    broker: BrokerProcess, writes: list[bytes]
+) -> None:
+    """The limit holds for every request on a connection, also one whose head arrives in the
+    same read as the end of the request before it."""
+    huge = b"GET /healthz HTTP/1.1\r\nHost: b\r\nX-Padding: " + b"a" * 50_000 + b"\r\n\r\n"
+    with _connect(broker) as sock:
+        for write in writes[:-1]:
+            sock.sendall(write)
+            time.sleep(0.3)  # read on its own
+        sock.sendall(writes[-1] + huge)
+        answers = _read_all(sock)
+    # The first request's answer may or may not precede the refusal (the connection closes
+    # as the huge head is seen); the huge one is never served.
+    last = answers[answers.rindex(b"HTTP/1.1 ") :]
+    status, problem = _problem(last)
+    assert (status, problem["code"]) == (431, "request_header_too_large")
+    assert answers.count(b"HTTP/1.1 ") <= 2
+
+
+def test_a_partial_head_behind_a_whole_request_gets_the_read_deadline(
+    broker: BrokerProcess,
+) -> None:
+    """A complete request and the start of the next in one write: the second is held to the
+    read deadline like any other (it was held for the 75 s keep-alive instead)."""
+    with _connect(broker, timeout=90) as sock:
+        started = time.monotonic()
+        sock.sendall(HEALTH + b"GET /healthz HTTP/1.1\r\nHost: b\r\n")
+        assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")
+        elapsed, rest = _timed_read(sock, started)
+    status, problem = _problem(rest)
+    assert (status, problem["code"]) == (408, "request_timeout")
+    # measured from the partial head's arrival; the upper bound leaves room for a busy machine
+    assert REQUEST_READ_TIMEOUT_S - 0.5 < elapsed < REQUEST_READ_TIMEOUT_S + 10
+
+
 def test_bytes_that_are_not_http_get_a_problem_too(broker: BrokerProcess) -> None:
     with _connect(broker) as sock:
         sock.sendall(b"\x16\x03\x01 this is not HTTP at all\r\n\r\n")
