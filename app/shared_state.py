@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import redis.asyncio as redis
@@ -11,22 +13,64 @@ import structlog
 from limits.errors import StorageError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from app import metrics
 
+# How long Redis may take to answer, counted only while the event loop runs on time (see
+# patient_timeout): a broker busy with a burst of requests is not a slow Redis.
 REDIS_TIMEOUT_SECONDS = 0.25
+# However busy the loop, no Redis call waits longer than this (also redis-py's own socket
+# timeouts, a backstop under ours).
+REDIS_HARD_TIMEOUT_SECONDS = 2.0
+TICKS_PER_TIMEOUT = 5
 # One pool per process, shared by the token cache and the rate limits. A full pool makes
-# callers queue for a connection instead of failing at once, as redis-py's default pool does
-# past 100 connections: a burst of concurrent requests used to look like a Redis outage.
-# 64 connections carry thousands of sub-millisecond calls a second; opening hundreds at once
-# overran the 250 ms connect timeout in tests, which looked like an outage too.
+# callers queue for a connection (within the timeouts above) instead of failing at once, as
+# redis-py's default pool does past 100 connections: a burst of concurrent requests used to
+# look like a Redis outage. 64 connections carry thousands of sub-millisecond calls a second.
 REDIS_MAX_CONNECTIONS = 64
-POOL_WAIT_SECONDS = 1.0
 RETRY_AFTER_FAILURE_SECONDS = 2.0
+COMMAND_ERROR_LOG_INTERVAL_SECONDS = 60.0
 
 T = TypeVar("T")
 log = structlog.get_logger(logger_name="app.shared_state")
+
+
+@asynccontextmanager
+async def patient_timeout(seconds: float, hard_limit: float) -> AsyncIterator[None]:
+    """TimeoutError once `seconds` have passed with the event loop running on time.
+
+    A tick every seconds/TICKS_PER_TIMEOUT counts one tick's worth, however late it ran: a
+    loop busy with a burst delays every tick, and the wait stretches with it, so a Redis
+    that answered is not declared down because the broker had no time to read the answer.
+    On an idle loop this is an ordinary `seconds` timeout; `hard_limit` bounds any wait.
+    """
+    loop = asyncio.get_running_loop()
+    step = seconds / TICKS_PER_TIMEOUT
+    async with asyncio.timeout(hard_limit) as deadline:
+        ticks: list[asyncio.TimerHandle] = []
+
+        def tick() -> None:
+            if len(ticks) >= TICKS_PER_TIMEOUT:
+                deadline.reschedule(loop.time())
+            else:
+                ticks.append(loop.call_later(step, tick))
+
+        tick()
+        try:
+            yield
+        finally:
+            ticks[-1].cancel()
+
+
+def _command_refused(exc: BaseException) -> bool:
+    """Redis answered, with an error for this one command (a key holding garbage, a script
+    refusing its input): Redis is up, and only this call falls back."""
+    cause = exc.storage_error if isinstance(exc, StorageError) else exc
+    return isinstance(cause, ResponseError) and not isinstance(
+        cause,
+        ReadOnlyError | OutOfMemoryError,  # a server that cannot serve at all
+    )
 
 
 class SharedState:
@@ -36,15 +80,16 @@ class SharedState:
         self.pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=POOL_WAIT_SECONDS,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            timeout=None,  # the wait for a connection is bounded by patient_timeout
+            socket_timeout=REDIS_HARD_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_HARD_TIMEOUT_SECONDS,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),  # a failure opens an incident; no hidden retries
         )
         self.client: redis.Redis = redis.Redis(connection_pool=self.pool)
         self._down_since: float | None = None
         self._retry_at = 0.0
+        self._command_error_logged_at = float("-inf")
         metrics.REDIS_UP.set(1)
 
     @property
@@ -62,12 +107,28 @@ class SharedState:
         if not self.available:
             return None
         try:
-            result = await operation()
+            async with patient_timeout(REDIS_TIMEOUT_SECONDS, REDIS_HARD_TIMEOUT_SECONDS):
+                result = await operation()
         except (RedisError, StorageError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            if _command_refused(exc):
+                self._succeeded()
+                self._command_refused(exc)
+            else:
+                self._failed(exc)
             return None
         self._succeeded()
         return result
+
+    def _command_refused(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._command_error_logged_at >= COMMAND_ERROR_LOG_INTERVAL_SECONDS:
+            self._command_error_logged_at = now
+            cause = exc.storage_error if isinstance(exc, StorageError) else exc
+            log.warning(
+                "redis_command_refused",
+                error_type=type(cause).__name__,
+                fallback="in-process for this call",
+            )
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()

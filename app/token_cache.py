@@ -10,7 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar, cast
 
+import structlog
 from cachetools import TLRUCache
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
 
 from app import metrics
 from app.cache_crypto import CacheSealError, TokenSealer
@@ -18,6 +21,8 @@ from app.shared_state import SharedState
 
 T = TypeVar("T")
 KEY_PREFIX = "vtb:v1"
+
+log = structlog.get_logger(logger_name="app.token_cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ class SharedTokenStore:
     def __init__(self, shared: SharedState, sealer: TokenSealer) -> None:
         self._shared = shared
         self._sealer = sealer
+        self._held: dict[str, Lock] = {}  # mint locks this process holds, by cache key
 
     @property
     def usable(self) -> bool:
@@ -127,17 +133,39 @@ class SharedTokenStore:
         await self._shared.run(lambda: self._shared.client.set(redis_key, sealed, px=keep_ms))
 
     async def try_lock(self, key: str, hold_ms: int) -> bool | None:
-        """True: we mint; False: another replica does; None: Redis unusable."""
-        lock_key = f"{KEY_PREFIX}:lock:{key}"
-        result = await self._shared.run(
-            lambda: self._shared.client.set(lock_key, b"1", nx=True, px=hold_ms)
+        """True: we mint; False: another replica does; None: Redis unusable.
+
+        redis-py's Lock: a random token as the value, so that only its owner releases it.
+        """
+        lock = self._shared.client.lock(
+            f"{KEY_PREFIX}:lock:{key}",
+            timeout=hold_ms / 1000,
+            blocking=False,
+            thread_local=False,  # one event loop thread, many owners: the token is per Lock
         )
+        result = await self._shared.run(lock.acquire)
         if result is None and not self._shared.healthy:
             return None
+        if result:
+            self._held[key] = lock
         return bool(result)
 
     async def unlock(self, key: str) -> None:
-        await self._shared.run(lambda: self._shared.client.delete(f"{KEY_PREFIX}:lock:{key}"))
+        """Release our lock, and only ours: compare-and-delete, as one script in Redis.
+
+        A mint that outlasted the lock's expiry may find another replica's lock under the
+        same name by now; deleting that one would let a third replica mint as well."""
+        lock = self._held.pop(key, None)
+        if lock is None:
+            return
+
+        async def release() -> None:
+            try:
+                await lock.release()
+            except LockError:
+                log.info("mint_lock_expired_before_release")
+
+        await self._shared.run(release)
 
     async def mark_failed(self, key: str, code: str, hold_ms: int = 1000) -> None:
         """Tell waiting replicas the shared call failed (kept only briefly: never cached)."""
@@ -147,7 +175,8 @@ class SharedTokenStore:
 
     async def failure(self, key: str) -> str | None:
         raw = await self._shared.run(lambda: self._shared.client.get(f"{KEY_PREFIX}:fail:{key}"))
-        return raw.decode() if isinstance(raw, bytes) else None
+        # Anything may be found there; an unknown code is an upstream_error to the caller.
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
 
     async def locked(self, key: str) -> bool:
         exists = await self._shared.run(
