@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jose import jwk, jwt
 from jose.backends.base import Key
+
+from app.timestamps import plausible_seconds
 
 MAX_TOKEN_BYTES = 8192
 MAX_KID_CHARS = 256
@@ -210,21 +211,6 @@ def select_key(ring: KeyRing, header: TokenHeader, allowed: frozenset[str]) -> A
     return candidates[0] if candidates else None
 
 
-# Time claims beyond this (the year 287,396, in seconds) are no time at all: refusing them keeps
-# every later comparison and float() conversion inside ordinary numbers (10**400 overflowed).
-MAX_TIME_CLAIM = 2**53
-
-
-def time_claim(value: object) -> float | None:
-    """A JSON number usable as a time claim, as a float; None for anything else."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, int) and not -MAX_TIME_CLAIM <= value <= MAX_TIME_CLAIM:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and abs(number) <= MAX_TIME_CLAIM else None
-
-
 def decode(
     token: str,
     key: Any,
@@ -253,7 +239,7 @@ def decode(
     times: dict[str, float] = {}
     for name in ("exp", "nbf", "iat"):
         if name in claims:
-            number = time_claim(claims[name])
+            number = plausible_seconds(claims[name])
             if number is None:
                 raise TokenRejected("claims", f"claim {name} is not a plausible number")
             times[name] = number

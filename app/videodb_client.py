@@ -22,15 +22,14 @@ from app.errors import (
     UpstreamUnusable,
 )
 from app.fingerprint import fingerprint
-from app.videodb_transport import VideoDBTransport
+from app.timestamps import plausible_seconds
 
 TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 4096
 DEFAULT_RETRY_AFTER = 5
 MAX_CONNECTIONS = 100
-MAX_HONOURED_RETRY_AFTER = 300  # seconds: the most of VideoDB's Retry-After we pass on
-MAX_TIME_NUMBER = 2**53  # beyond it a time is no time (and float() of 10**400 overflows)
+MAX_RETRY_AFTER_PASSED_ON = 300  # seconds: the most of VideoDB's Retry-After we pass on
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
 log = structlog.get_logger(logger_name="app.videodb")
@@ -55,8 +54,7 @@ class CookielessClient(httpx.AsyncClient):
     """An httpx client whose cookie jar never fills.
 
     One client serves every user's VideoDB call, so a cookie set on one user's call must
-    never be kept for another's. Not keeping it also saves the work httpx does per response
-    to offer it to the standard library's cookie jar (about 30 µs, docs/performance.md).
+    never be kept for, or sent on, another's.
     """
 
     @property
@@ -69,19 +67,16 @@ class CookielessClient(httpx.AsyncClient):
 
 
 def build_http_client(timeout: float) -> httpx.AsyncClient:
-    """The shared client for VideoDB, with explicit connect/read/write/pool timeouts, keeping
-    no cookies, and sending HTTP/1.1 with httptools' parser over the event loop's own
-    transports (app/videodb_transport.py).
-
-    Ours is mounted for every URL rather than passed as `transport=`, which would make httpx
-    ignore the proxy settings of the environment: a VideoDB that HTTPS_PROXY covers still goes
-    through the proxy (httpx's own transport), as does one NO_PROXY exempts (httpx's default).
-    """
-    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20)
+    """The shared client for VideoDB: httpx's own transport (httpcore), explicit
+    connect/read/write/pool timeouts, no redirects followed, no cookies kept, and the
+    environment's proxy settings honoured as httpx does by default."""
     return CookielessClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
-        limits=limits,
-        mounts={"all://": VideoDBTransport(limits=limits, max_body_bytes=MAX_RESPONSE_BYTES)},
+        # as many kept alive as may be open: under load, a connection is reused, not closed
+        # after one call and opened again (a TLS handshake with VideoDB each time)
+        limits=httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+        ),
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},
     )
@@ -99,19 +94,9 @@ def retry_after_hint(value: str | None) -> int | None:
     text = value.strip() if value is not None else ""
     if not _DELAY_SECONDS.fullmatch(text):
         return None
-    if len(text) > len(str(MAX_HONOURED_RETRY_AFTER)):
-        return MAX_HONOURED_RETRY_AFTER
-    return min(max(int(text), 1), MAX_HONOURED_RETRY_AFTER)
-
-
-def time_number(value: object) -> float | None:
-    """A JSON number of ordinary size as a float; None for anything else (bools, 10**400)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, int) and abs(value) > MAX_TIME_NUMBER:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and abs(number) <= MAX_TIME_NUMBER else None
+    if len(text) > len(str(MAX_RETRY_AFTER_PASSED_ON)):
+        return MAX_RETRY_AFTER_PASSED_ON
+    return min(max(int(text), 1), MAX_RETRY_AFTER_PASSED_ON)
 
 
 def true_expiry(sent_at: float, requested: int, expires_at: object, expires_in: object) -> int:
@@ -122,10 +107,10 @@ def true_expiry(sent_at: float, requested: int, expires_at: object, expires_in: 
     for, counted from when the request was sent (our own clock).
     """
     candidates = [sent_at + requested]
-    lifetime = time_number(expires_in)
+    lifetime = plausible_seconds(expires_in)
     if lifetime is not None and lifetime > 0:
         candidates.append(sent_at + lifetime)
-    absolute = time_number(expires_at)
+    absolute = plausible_seconds(expires_at)
     if absolute is not None:
         candidates.append(absolute)
     return math.floor(min(candidates))
@@ -139,13 +124,11 @@ class VideoDBClient:
     ) -> None:
         self._http = http
         self._api_key = api_key
-        self._url = httpx.URL(base_url + TOKEN_PATH)  # parsed once, not per call
+        self._url = base_url + TOKEN_PATH
         self._timeout = timeout
-        # The client's explicit timeouts, carried by each request we build ourselves.
-        self._timeouts = {"timeout": http.timeout.as_dict()}
-        # Requests queue here, before httpx: httpcore's pool (still the one used when a proxy
-        # applies) costs O(waiting x connections) per event in its assignment loop, which
-        # stalled the loop with ~500 waiting requests (docs/performance.md).
+        # Requests queue here, before httpx: httpcore's pool costs O(waiting x connections)
+        # per event in its assignment loop, which stalled the event loop with hundreds of
+        # requests waiting for a connection (docs/performance.md).
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
@@ -172,28 +155,24 @@ class VideoDBClient:
             raise UpstreamUnusable("VideoDB answered with something unusable.") from None
 
     async def _post(self, user_id: str, expires_in: int) -> tuple[int, httpx.Headers, bytes]:
-        payload = json.dumps({"user_id": user_id, "expires_in": expires_in}).encode()
-        request_headers = {
-            "x-access-token": self._api_key.get_secret_value(),
-            "Content-Type": "application/json",
-            "x-videodb-client": CLIENT_ID,
-            "User-Agent": CLIENT_ID,
-        }
-        # A request built here and sent as is: the client's per-call URL merging and header
-        # copying were a measurable part of a cache miss (docs/performance.md).
-        request = httpx.Request(
-            "POST", self._url, content=payload, headers=request_headers, extensions=self._timeouts
-        )
-        resp = await self._http.send(request, stream=True)
-        try:
+        # Streamed, and no more read than the cap: a hostile or broken answer cannot fill
+        # memory, and its body is never logged.
+        async with self._http.stream(
+            "POST",
+            self._url,
+            content=json.dumps({"user_id": user_id, "expires_in": expires_in}).encode(),
+            headers={
+                "x-access-token": self._api_key.get_secret_value(),
+                "Content-Type": "application/json",
+                "x-videodb-client": CLIENT_ID,
+            },
+        ) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     break
             return resp.status_code, resp.headers, bytes(body)
-        finally:
-            await resp.aclose()
 
     def _interpret(
         self, status: int, headers: httpx.Headers, body: bytes, sent_at: float, requested: int

@@ -1,8 +1,7 @@
 """Forwarders lighter than bench/bare_proxy.py, to see where one HTTP hop's time goes.
 
 `raw_app` writes HTTP/1.1 to an asyncio stream by hand: the floor for any Python hop.
-`httpx_app` is a bare ASGI app with one shared `httpx.AsyncClient`: the hop without FastAPI;
-`httpx_broker_transport_app` the same over the broker's transport (app/videodb_transport.py).
+`httpx_app` is a bare ASGI app with one shared `httpx.AsyncClient`: the hop without FastAPI.
 Each answers POST on any path with the broker's response shape, for `BENCH_ONLY=hop`.
 """
 
@@ -15,8 +14,6 @@ from typing import Any
 
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from app.videodb_transport import VideoDBTransport
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9")
 API_KEY = os.environ.get("BENCH_API_KEY", "")
@@ -74,12 +71,11 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
     await _answer(send, json.loads(await reader.readexactly(length))["data"])
 
 
-def _httpx_forwarder(transport: type[VideoDBTransport] | None) -> ASGIApp:
+def _httpx_forwarder() -> ASGIApp:
     """A bare ASGI app forwarding through one shared httpx.AsyncClient, without FastAPI."""
 
     async def start() -> None:
-        over = None if transport is None else transport(limits=httpx.Limits())
-        _state["client"] = httpx.AsyncClient(timeout=5.0, transport=over)
+        _state["client"] = httpx.AsyncClient(timeout=5.0)
 
     async def stop() -> None:
         await _state["client"].aclose()
@@ -99,6 +95,4 @@ def _httpx_forwarder(transport: type[VideoDBTransport] | None) -> ASGIApp:
     return app
 
 
-httpx_app = _httpx_forwarder(None)  # httpx's default transport: httpcore over anyio
-# the broker's: HTTP/1.1 parsed by httptools over the event loop's transports
-httpx_broker_transport_app = _httpx_forwarder(VideoDBTransport)
+httpx_app = _httpx_forwarder()  # httpx's default transport: httpcore over anyio

@@ -199,7 +199,7 @@ def _interleaved(
     """Milliseconds of each call, in turns: call 1 of each, then call 2 of each, and so on,
     so that every path sees the same moments of a noisy machine. Each turn takes the paths
     in a new random order: a call runs measurably faster right after another process ran
-    the same libraries (uvicorn, httptools, the interpreter) than after one that did not,
+    the same libraries (uvicorn, httpx, the interpreter) than after one that did not,
     and a fixed order would hand that head start to the same path every turn."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     order = random.Random(20261128)  # the same orders in every run
@@ -396,9 +396,6 @@ def cache_miss_under_load(
 HOP_FORWARDERS = {
     "raw ASGI, HTTP/1.1 by hand on an asyncio stream (the floor)": "bench.hop_forwarders:raw_app",
     "raw ASGI + httpx.AsyncClient (httpcore over anyio)": "bench.hop_forwarders:httpx_app",
-    "raw ASGI + httpx.AsyncClient over the broker's transport (httptools)": (
-        "bench.hop_forwarders:httpx_broker_transport_app"
-    ),
     "FastAPI + httpx.AsyncClient (bench/bare_proxy.py)": "bench.bare_proxy:app",
 }
 

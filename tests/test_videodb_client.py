@@ -14,7 +14,6 @@ from pydantic import SecretStr
 
 from app.sandbox.dev_issuer import DevIssuer
 from app.videodb_client import CLIENT_ID, VideoDBClient, build_http_client, true_expiry
-from app.videodb_transport import VideoDBTransport
 from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, VIDEODB, bearer
 
 Build = Callable[..., Any]
@@ -297,28 +296,3 @@ async def test_calls_go_through_the_proxy_the_environment_names(
         proxy.close()
     assert minted.token == "st-via"
     assert seen[0].startswith(b"POST http://videodb.invalid/capture/session/token HTTP/1.1")
-
-
-@pytest.mark.usefixtures("no_proxy_settings")
-async def test_without_a_proxy_calls_use_the_brokers_own_network_layer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    handled: list[httpx.URL] = []
-    original = VideoDBTransport.handle_async_request
-
-    async def counted(self: VideoDBTransport, request: httpx.Request) -> httpx.Response:
-        handled.append(request.url)
-        return await original(self, request)
-
-    monkeypatch.setattr(VideoDBTransport, "handle_async_request", counted)
-    seen: list[bytes] = []
-    server, url = await _serve_once(_ANSWER, seen)
-    http = build_http_client(2.0)
-    try:
-        resp = await http.post(url + "/capture/session/token")
-        assert resp.status_code == 200
-    finally:
-        await http.aclose()
-        server.close()
-    assert handled == [httpx.URL(url + "/capture/session/token")]
-    assert seen[0].startswith(b"POST /capture/session/token HTTP/1.1")
