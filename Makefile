@@ -10,13 +10,14 @@ STAMP  := $(VENV)/.installed-stamp
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@# The runtime and the dev tools exactly as locked (hashes checked), then the broker itself.
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
 	@# setuptools prints a boxed notice on every editable install ("Editable installation."):
 	@# informational only, and the first thing a newcomer would read; silenced by its text.
-	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the broker with its dev tools
@@ -41,8 +42,11 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-lock: $(STAMP) ## re-pin requirements.lock (with hashes) after changing dependencies
-	$(BIN)/pip-compile -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+LOCK_FLAGS := -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+
+lock: $(STAMP) ## re-pin requirements.lock (runtime, for the image) and requirements-dev.lock (with the dev tools)
+	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --extra dev --output-file requirements-dev.lock pyproject.toml
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

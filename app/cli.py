@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from app.http_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
-from app.logging_setup import configure_logging, uvicorn_log_config
+from app.observability.logs import configure_logging, uvicorn_log_config
 from app.settings import ConfigError, Settings, load_settings
+from app.web.server_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
 # Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only. TLS 1.3 suites are
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _check_keys(settings: Settings) -> tuple[bool, str]:
     import httpx
 
-    from app.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
+    from app.identity.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=3.0)) as client:
         keys = signing_keys_for(settings, client)
@@ -99,7 +99,7 @@ def _check(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo
+    from app.sandbox.demo import run_demo
 
     configure_logging("INFO", "console")
     try:

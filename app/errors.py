@@ -1,24 +1,11 @@
-"""One error base class carrying status and code, rendered as RFC 9457 problem+json."""
+"""The broker's errors: one base class carrying status, code and title, a subclass for each
+failure a client can see. Rendering them (problem+json) is the web layer's business
+(app/web/problems.py); nothing here imports it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from http import HTTPStatus
-from typing import Any, ClassVar
-
-import structlog
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from app.request_context import current_request_id
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-PROBLEM_TYPE_BASE = "urn:videodb-token-broker:problem:"
-
-log = structlog.get_logger(logger_name="app.errors")
+from typing import ClassVar
 
 
 class BrokerError(Exception):
@@ -131,110 +118,3 @@ class UpstreamTimeout(BrokerError):
     status = 504
     code = "upstream_timeout"
     title = "VideoDB timed out"
-
-
-def problem_document(
-    status: int, code: str, title: str, detail: str, request_id: str | None
-) -> dict[str, Any]:
-    """The RFC 9457 body every error carries, with our `code` and `request_id`."""
-    return {
-        "type": PROBLEM_TYPE_BASE + code,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        "request_id": request_id,
-    }
-
-
-def problem_response(
-    status: int,
-    code: str,
-    title: str,
-    detail: str,
-    headers: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> JSONResponse:
-    """Render one problem+json response with the current request id."""
-    body = problem_document(status, code, title, detail, current_request_id())
-    body.update(extra or {})
-    return JSONResponse(
-        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_CONTENT_TYPE
-    )
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-async def _broker_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BrokerError)
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.headers)
-
-
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    phrase = HTTPStatus(exc.status_code).phrase
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    detail = {
-        404: "No such endpoint. The token endpoint is POST /v1/capture/session/token.",
-        405: "This method is not allowed on this path.",
-    }.get(exc.status_code, phrase)
-    return problem_response(exc.status_code, code, phrase, detail, exc.headers)
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    # Name where the problem is, never echo the input back.
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
-    detail = f"{where}: {first.get('msg', 'invalid')}"
-    return problem_response(422, InvalidRequest.code, InvalidRequest.title, detail)
-
-
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    # The exception text may hold anything; log only its type.
-    log.error("unhandled_error", error_type=type(exc).__name__)
-    return problem_response(
-        500,
-        "internal_error",
-        "Internal error",
-        "The broker failed unexpectedly; quote the request_id to support.",
-    )
-
-
-class UnhandledErrorMiddleware:
-    """An unexpected exception becomes the 500 problem inside the request's own context.
-
-    Starlette's ServerErrorMiddleware answers outside every middleware we add, so its 500
-    carried no request id (in the body, the header or the log line) and no CORS headers.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except Exception as exc:
-            if started:
-                raise  # too late for a problem body; the server closes the connection
-            response = await _unexpected_error(Request(scope), exc)
-            await response(scope, receive, send)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every error, FastAPI's own included, through problem+json."""
-    app.add_exception_handler(BrokerError, _broker_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)

@@ -14,12 +14,12 @@ from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from app import metrics
 from app.errors import RateLimited
+from app.observability import metrics
 from app.shared_state import SharedState
 
 T = TypeVar("T")
-log = structlog.get_logger(logger_name="app.rate_limit")
+log = structlog.get_logger(logger_name=__name__)
 
 
 SWEEP_INTERVAL_SECONDS = 10.0

@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
-from app import metrics
+from app.observability import metrics
 
 # How long Redis may take to answer, counted only while the event loop runs on time (see
 # patient_timeout): a broker busy with a burst of requests is not a slow Redis.
@@ -33,7 +33,7 @@ RETRY_AFTER_FAILURE_SECONDS = 2.0
 COMMAND_ERROR_LOG_INTERVAL_SECONDS = 60.0
 
 T = TypeVar("T")
-log = structlog.get_logger(logger_name="app.shared_state")
+log = structlog.get_logger(logger_name=__name__)
 
 
 @asynccontextmanager
@@ -80,7 +80,7 @@ class SharedState:
         self.pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=None,  # the wait for a connection is bounded by patient_timeout
+            timeout=None,  # callers queue in run() first, so none waits here
             socket_timeout=REDIS_HARD_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_HARD_TIMEOUT_SECONDS,
             health_check_interval=0,
@@ -90,6 +90,8 @@ class SharedState:
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._command_error_logged_at = float("-inf")
+        # one slot per connection: redis-py's pool never makes a timed call wait
+        self._slots = asyncio.Semaphore(REDIS_MAX_CONNECTIONS)
         metrics.REDIS_UP.set(1)
 
     @property
@@ -103,19 +105,27 @@ class SharedState:
         return self._down_since is None
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a Redis operation; None (and an incident) if Redis fails or is skipped."""
+        """Run a Redis operation; None (and an incident) if Redis fails or is skipped.
+
+        Calls queue for one of the pool's connections here, untimed: that wait is the broker's
+        own (a burst), never Redis's. Only the call itself is timed. During an outage the
+        queue drains at once: each call finds the incident open when its turn comes.
+        """
         if not self.available:
             return None
-        try:
-            async with patient_timeout(REDIS_TIMEOUT_SECONDS, REDIS_HARD_TIMEOUT_SECONDS):
-                result = await operation()
-        except (RedisError, StorageError, OSError, TimeoutError) as exc:
-            if _command_refused(exc):
-                self._succeeded()
-                self._command_refused(exc)
-            else:
-                self._failed(exc)
-            return None
+        async with self._slots:
+            if not self.available:
+                return None  # an incident opened while this call waited its turn
+            try:
+                async with patient_timeout(REDIS_TIMEOUT_SECONDS, REDIS_HARD_TIMEOUT_SECONDS):
+                    result = await operation()
+            except (RedisError, StorageError, OSError, TimeoutError) as exc:
+                if _command_refused(exc):
+                    self._succeeded()
+                    self._command_refused(exc)
+                else:
+                    self._failed(exc)
+                return None
         self._succeeded()
         return result
 

@@ -11,6 +11,9 @@ Prints, with the machine it ran on:
 BENCH_ONLY=hit,miss,load,coalescing,memory picks phases (and BENCH_ONLY=hop, not run by default,
 shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_LOAD_ROUNDS,
 BENCH_LOAD_CONNECTIONS, BENCH_SECONDS and BENCH_MEMORY_USERS shorten a run.
+BENCH_BASELINE=<git ref> also runs the broker as it was at that commit (a temporary worktree,
+same interpreter and packages), in the same rounds as today's: figures 1 and 2b then show
+before and after side by side.
 """
 
 from __future__ import annotations
@@ -155,8 +158,11 @@ def start_bare(app: str = "bench.bare_app:app", **env: str) -> tuple[subprocess.
     raise SystemExit("the bare baseline did not start")
 
 
-def cache_hit_ratio(broker: BrokerProcess, bearer: str) -> dict[str, float]:
-    """Alternating wrk rounds against the broker (cache hits) and the bare endpoint."""
+def cache_hit_ratio(
+    broker: BrokerProcess, bearer: str, before: BrokerProcess | None = None
+) -> dict[str, float]:
+    """Alternating wrk rounds against the broker (cache hits) and the bare endpoint (and the
+    broker as it was at BENCH_BASELINE, in the same turns)."""
     bare, bare_url = start_bare()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -166,18 +172,30 @@ def cache_hit_ratio(broker: BrokerProcess, bearer: str) -> dict[str, float]:
                 "{}",
                 {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
             )
-            httpx.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearer}"}, json={})
-            wrk(broker.url + PATH, script)  # warm-up, not counted
+            brokers = [broker] if before is None else [broker, before]
+            for each in brokers:
+                httpx.post(each.url + PATH, headers={"Authorization": f"Bearer {bearer}"}, json={})
+                wrk(each.url + PATH, script)  # warm-up, not counted
             wrk(bare_url + PATH, script)
-            broker_runs, bare_runs = [], []
+            broker_runs, bare_runs, before_runs = [], [], []
             for _ in range(ROUNDS):
                 broker_runs.append(wrk(broker.url + PATH, script))
                 bare_runs.append(wrk(bare_url + PATH, script))
+                if before is not None:
+                    before_runs.append(wrk(before.url + PATH, script))
     finally:
         bare.terminate()
         bare.wait()
     ratios = [b["rps"] / a["rps"] for b, a in zip(broker_runs, bare_runs, strict=True)]
-    return {
+    baseline = {}
+    if before_runs:
+        before_ratios = [b["rps"] / a["rps"] for b, a in zip(before_runs, bare_runs, strict=True)]
+        baseline = {
+            "before_rps": statistics.median(r["rps"] for r in before_runs),
+            "before_ratio": statistics.median(before_ratios),
+            "before_p99_ms": statistics.median(r["p99_ms"] for r in before_runs),
+        }
+    return baseline | {
         "broker_rps": statistics.median(r["rps"] for r in broker_runs),
         "bare_rps": statistics.median(r["rps"] for r in bare_runs),
         "ratio": statistics.median(ratios),
@@ -326,7 +344,11 @@ def _wrk_users_lua(directory: Path, bearers: list[str]) -> Path:
 
 
 def cache_miss_under_load(
-    broker: BrokerProcess, videodb_url: str, issuer: DevIssuer, connections: int
+    broker: BrokerProcess,
+    videodb_url: str,
+    issuer: DevIssuer,
+    connections: int,
+    before: BrokerProcess | None = None,
 ) -> dict[str, float]:
     """wrk with this many connections, every request a new user, in rounds
     beside wrk straight at the stand-in and through the bare forwarder (each round's order
@@ -334,13 +356,17 @@ def cache_miss_under_load(
     # The stand-in answers no faster than 20 ms, which caps a round's requests.
     per_round = int(connections / 0.020 * ROUND_SECONDS * 1.1)
     stamp = time.time_ns()
+    brokers_measured = 1 if before is None else 2
     bearers = [
-        issuer.mint(f"load-{stamp}-{i}", AUDIENCE) for i in range(per_round * (LOAD_ROUNDS + 1))
+        issuer.mint(f"load-{stamp}-{i}", AUDIENCE)
+        for i in range(per_round * (LOAD_ROUNDS + 1) * brokers_measured)
     ]
     proxy, proxy_url = start_bare(
         "bench.bare_proxy:app", BENCH_UPSTREAM=videodb_url, BENCH_API_KEY=API_KEY
     )
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "broker": [], "proxy": []}
+    if before is not None:
+        runs["before"] = []
     order = random.Random(20261129)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -358,16 +384,23 @@ def cache_miss_under_load(
                 "broker": (broker.url + PATH, users),
                 "proxy": (proxy_url + PATH, bare),
             }
+            processes = {"broker": broker}
+            if before is not None:
+                targets["before"] = (before.url + PATH, users)
+                processes["before"] = before
             for turn in range(LOAD_ROUNDS + 1):  # the first round warms up and is not counted
                 names = list(targets)
                 order.shuffle(names)
                 for name in names:
                     url, script = targets[name]
-                    args = [str(turn * per_round), str((turn + 1) * per_round)]
-                    cpu_before = _cpu_seconds(broker.proc.pid)
+                    # each broker its own users: none finds another's tokens in Redis or memory
+                    first = (turn * brokers_measured + (name == "before")) * per_round
+                    args = [str(first), str(first + per_round)]
+                    process = processes.get(name)
+                    cpu_before = _cpu_seconds(process.proc.pid) if process else 0.0
                     result = wrk(url, script, connections, *args)
-                    if name == "broker":
-                        busy = _cpu_seconds(broker.proc.pid) - cpu_before
+                    if process is not None:
+                        busy = _cpu_seconds(process.proc.pid) - cpu_before
                         result["cpu_share"] = busy / ROUND_SECONDS
                         result["cpu_ms_per_request"] = busy * 1000 / result["requests"]
                     if turn:
@@ -380,7 +413,14 @@ def cache_miss_under_load(
         pairs = zip(runs[name], runs["direct"], strict=True)
         return statistics.median(mine[figure] - base[figure] for mine, base in pairs)
 
-    return {
+    baseline = {}
+    if before is not None:
+        baseline = {
+            "before_overhead_p50_ms": above_direct("before", "p50_ms"),
+            "before_overhead_p99_ms": above_direct("before", "p99_ms"),
+            "before_cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in runs["before"]),
+        }
+    return baseline | {
         "direct_p50_ms": statistics.median(r["p50_ms"] for r in runs["direct"]),
         "direct_p99_ms": statistics.median(r["p99_ms"] for r in runs["direct"]),
         "broker_rps": statistics.median(r["rps"] for r in runs["broker"]),
@@ -549,6 +589,21 @@ def _settings(videodb_url: str, jwks_url: str | None, **extra: str) -> dict[str,
     }
 
 
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+
+
+def _baseline_checkout(ref: str) -> Path:
+    """The repository at `ref`, in a temporary worktree beside this one."""
+    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--force", str(path), ref],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
 def main() -> int:
     """Run every measurement and print the figures."""
     if shutil.which("wrk") is None:
@@ -558,23 +613,35 @@ def main() -> int:
     issuer = DevIssuer()
     issuer_server = ThreadedServer(issuer.asgi_app()).start()
     try:
-        broker = BrokerProcess(_settings(videodb_url, issuer_server.url + "/jwks.json"))
+        settings = _settings(videodb_url, issuer_server.url + "/jwks.json")
+        broker = BrokerProcess(settings)
         broker.wait_ready()
+        baseline = _baseline_checkout(BASELINE) if BASELINE else None
+        before = BrokerProcess(settings, repo=baseline).wait_ready() if baseline else None
         print(f"machine: {machine()}")
-        print("broker: one uvicorn worker, JSON logs at INFO; stand-ins on loopback\n")
+        print("broker: one uvicorn worker, JSON logs at INFO; stand-ins on loopback")
+        if before is not None:
+            print(f"before: the broker at {BASELINE}, in the same rounds")
+        print()
         try:
             if "hit" in PHASES:
-                report_hit(broker, issuer)
+                report_hit(broker, issuer, before)
             if "miss" in PHASES:
                 report_miss(broker, videodb_url, issuer)
             if "load" in PHASES:
-                report_miss_under_load(broker, videodb_url, issuer)
+                report_miss_under_load(broker, videodb_url, issuer, before)
             if "coalescing" in PHASES:
                 report_coalescing(broker, videodb_url, issuer)
             if "hop" in PHASES:
                 report_hop(videodb_url)
         finally:
             broker.terminate()
+            if before is not None:
+                before.terminate()
+            if baseline is not None:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, check=False
+                )
         if "memory" in PHASES:
             report_memory(videodb_url)
     finally:
@@ -584,9 +651,9 @@ def main() -> int:
     return 0
 
 
-def report_hit(broker: BrokerProcess, issuer: DevIssuer) -> None:
+def report_hit(broker: BrokerProcess, issuer: DevIssuer, before: BrokerProcess | None) -> None:
     """Figure 1: cache-hit throughput beside the bare endpoint."""
-    hit = cache_hit_ratio(broker, issuer.mint("hot-user", AUDIENCE, lifetime=86400))
+    hit = cache_hit_ratio(broker, issuer.mint("hot-user", AUDIENCE, lifetime=86400), before)
     print(
         f"1. cache hit, {CONNECTIONS} connections, median of {ROUNDS} alternating "
         f"{ROUND_SECONDS}s rounds"
@@ -600,6 +667,11 @@ def report_hit(broker: BrokerProcess, issuer: DevIssuer) -> None:
         f"rounds ranged {hit['ratio_low']:.2f}-{hit['ratio_high']:.2f})"
     )
     print(f"   p99 latency: broker {hit['broker_p99_ms']:.2f} ms, bare {hit['bare_p99_ms']:.2f} ms")
+    if "before_ratio" in hit:
+        print(
+            f"   before ({BASELINE}): {hit['before_rps']:.0f} req/s -> ratio "
+            f"{hit['before_ratio']:.2f}, p99 {hit['before_p99_ms']:.2f} ms"
+        )
 
 
 def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:
@@ -624,14 +696,16 @@ def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> N
     )
 
 
-def report_miss_under_load(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:
+def report_miss_under_load(
+    broker: BrokerProcess, videodb_url: str, issuer: DevIssuer, before: BrokerProcess | None
+) -> None:
     """Figure 2, under load: the same overhead with wrk keeping the broker busy."""
     print(
         f"2b. cache miss under load: wrk, every request a new user, median of {LOAD_ROUNDS} "
         f"shuffled {ROUND_SECONDS}s rounds beside wrk straight at the stand-in"
     )
     for connections in LOAD_CONNECTIONS:
-        load = cache_miss_under_load(broker, videodb_url, issuer, connections)
+        load = cache_miss_under_load(broker, videodb_url, issuer, connections, before)
         print(
             f"   {connections} connections: {load['broker_rps']:.0f} new users/s, the broker "
             f"busy {load['broker_cpu_share']:.0%} of a core ({load['broker_cpu_ms']:.2f} ms of "
@@ -649,6 +723,12 @@ def report_miss_under_load(broker: BrokerProcess, videodb_url: str, issuer: DevI
             f"p50 {load['proxy_overhead_p50_ms']:.2f} ms, "
             f"p99 {load['proxy_overhead_p99_ms']:.2f} ms"
         )
+        if "before_overhead_p50_ms" in load:
+            print(
+                f"      before ({BASELINE}): overhead p50 {load['before_overhead_p50_ms']:.2f} ms, "
+                f"p99 {load['before_overhead_p99_ms']:.2f} ms, "
+                f"{load['before_cpu_ms']:.2f} ms of CPU a miss"
+            )
 
 
 def report_hop(videodb_url: str) -> None:

@@ -16,6 +16,7 @@ from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
 from app.settings import Settings
 from app.shared_state import SharedState
+from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
 from tests.fakes.redis_server import RedisServer
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -26,9 +27,9 @@ APP_HOSTS = ("broker.test", "b.test")  # what the tests' in-process clients call
 AUDIENCE = "broker-tests"
 HS_SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 APP_ORIGIN = "https://app.example.com"
-TOKEN_PATH = "/v1/capture/session/token"
 
 SettingsFactory = Callable[..., Settings]
+Build = Callable[..., Any]  # the app_client fixture: settings in, a client of a started app out
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """The shared Redis: a busy broker is not a Redis outage; a hung or refusing Redis is one;
-a command Redis refuses affects that call alone; a mint lock is released only by its owner."""
+a command Redis refuses affects that call alone."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
-from app.cache_crypto import TokenSealer
 from app.rate_limit import UserRateLimiter
 from app.shared_state import REDIS_HARD_TIMEOUT_SECONDS, SharedState, patient_timeout
-from app.token_cache import SharedTokenStore
 from tests.fakes.redis_server import RedisServer
 
 API_KEY = "sk-shared-state-0123456789"
@@ -118,26 +116,3 @@ async def test_a_garbage_limiter_key_affects_that_call_only(
     await limiter.check("bob")
     assert raw.keys("vtb:v1:limits*") != keys
     assert "redis_unavailable" not in capsys.readouterr().out
-
-
-async def test_a_mint_lock_is_released_only_by_its_owner(shared: SharedState) -> None:
-    slow = SharedTokenStore(shared, TokenSealer(API_KEY))
-    other = SharedTokenStore(shared, TokenSealer(API_KEY))
-    assert await slow.try_lock("key", hold_ms=100) is True
-    assert await other.try_lock("key", hold_ms=5000) is False  # held
-    await asyncio.sleep(0.2)  # the slow replica's mint outlasts its lock
-    assert await other.try_lock("key", hold_ms=5000) is True
-    await slow.unlock("key")  # late: must not free the other replica's lock
-    assert await other.locked("key")
-    assert shared.healthy
-    await other.unlock("key")
-    assert not await other.locked("key")
-
-
-async def test_a_garbage_failure_marker_is_an_upstream_error(
-    redis_server: RedisServer, shared: SharedState
-) -> None:
-    store = SharedTokenStore(shared, TokenSealer(API_KEY))
-    redis_server.client().set("vtb:v1:fail:key", b"\xff\xfe not utf-8")
-    assert await store.failure("key") is not None
-    assert shared.healthy

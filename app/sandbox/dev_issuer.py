@@ -27,7 +27,7 @@ class DevIssuer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
-        # Parsed once: python-jose re-parses a PEM on every call, about 45 ms each.
+        # Parsed once: python-jose would re-parse the PEM on every call (docs/performance.md).
         self._signing_key = jwk.construct(self._pem, "RS256")
 
     def public_jwk(self) -> dict[str, Any]:

@@ -41,7 +41,11 @@ class BrokerProcess:
     """`token-broker serve` in a subprocess; its output is kept for leak checks."""
 
     def __init__(
-        self, settings: dict[str, str], args: tuple[str, ...] = (), port: int | None = None
+        self,
+        settings: dict[str, str],
+        args: tuple[str, ...] = (),
+        port: int | None = None,
+        repo: Path = REPO,
     ) -> None:
         self.port = port or free_port()  # a port of its own, or a stopped broker's again
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,7 +53,7 @@ class BrokerProcess:
         self._workdir = tempfile.mkdtemp(prefix="broker-cwd-")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *args],
-            env={**clean_env(**settings), "PYTHONPATH": str(REPO)},
+            env={**clean_env(**settings), "PYTHONPATH": str(repo)},  # another checkout: bench
             cwd=self._workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,

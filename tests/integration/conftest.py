@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
 from tests.fakes.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.servers import ThreadedServer
@@ -15,7 +16,6 @@ from tests.fakes.videodb import FakeVideoDB
 API_KEY = "sk-integration-0123456789abcdef"
 AUDIENCE = "integration-tests"
 APP_ORIGIN = "https://app.example.com"
-TOKEN_PATH = "/v1/capture/session/token"
 
 SESSION_TOKEN = re.compile(r"st-[A-Za-z0-9_\-]{8,}")
 JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]+")

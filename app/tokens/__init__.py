@@ -1,0 +1,1 @@
+"""Session tokens handed out: reuse, coalescing, and the sealed store shared through Redis."""

@@ -1,0 +1,80 @@
+"""Health, readiness and (later) metrics: what operators and orchestrators poll."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app import __version__
+from app.observability import metrics
+from app.services import services_of
+from app.web.problems import problem_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: 200 while the process serves")
+async def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok", "version": __version__}
+
+
+def readiness_checks(request: Request) -> dict[str, str]:
+    """Each readiness check and its state: 'ok' or why not."""
+    services = services_of(request)
+    keys = services.signing_keys
+    checks = {"configuration": "ok"}
+    if keys.ready:
+        checks["signing_keys"] = "ok"
+    else:
+        error = keys.last_error
+        checks["signing_keys"] = f"not loaded ({error})" if error else "not loaded yet"
+    state = services.breaker.state
+    checks["upstream_circuit"] = "ok" if state != "open" else "open (VideoDB failing)"
+    shared = services.shared_state
+    if shared is not None:
+        # Informational: without Redis the broker still serves, per process.
+        checks["redis"] = "ok" if shared.healthy else "degraded (serving from process memory)"
+    return checks
+
+
+_INFORMATIONAL = {"redis"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 when tokens can be issued, else 503",
+    responses={503: {"description": "not ready", "content": {"application/problem+json": {}}}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when configuration is valid and signing keys are loaded."""
+    checks = readiness_checks(request)
+    failing = sorted(
+        name for name, state in checks.items() if state != "ok" and name not in _INFORMATIONAL
+    )
+    if not failing:
+        return JSONResponse({"status": "ready", "checks": checks})
+    return problem_response(
+        503,
+        "not_ready",
+        "Not ready",
+        f"failing checks: {', '.join(failing)}",
+        headers={"Retry-After": "5"},
+        extra={"checks": checks},
+    )
+
+
+# HEAD too (RFC 9110 asks it of every GET resource): some load balancers' health checks and
+# `curl -I` use it. Left out of the OpenAPI document, where it would repeat GET without a body.
+for _path, _probe in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format; probes Redis first so its gauge is current."""
+    shared = services_of(request).shared_state
+    if shared is not None and not shared.healthy:
+        await shared.ping()
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,104 @@
+"""Per-request context: request id, security headers and one log line per request."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from contextvars import ContextVar
+from typing import Any
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability.metrics import record_request
+
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
+HSTS_VALUE = "max-age=63072000; includeSubDomains"
+# Sent on every response, as the OWASP REST cheat sheet asks: JSON only, never a page, so
+# nothing may sniff it, load from it or frame it.
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("X-Frame-Options", "DENY"),
+)
+
+# Where the token endpoint leaves the audit fields of the token it issued (routes_token.py).
+AUDIT_SCOPE_KEY = "videodb_token_broker.audit"
+
+access_log = structlog.get_logger(logger_name="app.access")
+audit_log = structlog.get_logger(logger_name="app.audit")
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, if any."""
+    return _request_id.get()
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _SAFE_REQUEST_ID.fullmatch(candidate) else None
+    return None
+
+
+class RequestContextMiddleware:
+    """Binds a request id to every log line and adds the headers every response needs."""
+
+    def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.quiet_paths = quiet_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
+        token = _request_id.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        is_https = scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                # Appended, not set: nothing inside sets these, and setting scans every header.
+                headers.append("X-Request-ID", request_id)
+                for name, value in SECURITY_HEADERS:
+                    headers.append(name, value)
+                if "cache-control" not in headers:
+                    headers.append("Cache-Control", "no-store")
+                if is_https:
+                    headers.append("Strict-Transport-Security", HSTS_VALUE)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            record_request(scope, status, elapsed)
+            if scope["path"] not in self.quiet_paths or status >= 400:
+                _log_request(scope, status, elapsed)
+            structlog.contextvars.unbind_contextvars("request_id")
+            _request_id.reset(token)
+
+
+def _log_request(scope: Scope, status: int, elapsed: float) -> None:
+    """The access line; for an issued token, the audit line carrying the same fields."""
+    fields: dict[str, Any] = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    audit = scope.get(AUDIT_SCOPE_KEY)
+    if audit is None:
+        access_log.info("request", client=(scope.get("client") or ("-",))[0], **fields)
+    else:
+        audit_log.info("token_issued", **audit, **fields)  # client_ip is among its fields
