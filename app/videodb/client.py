@@ -28,7 +28,9 @@ TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 4096
 DEFAULT_RETRY_AFTER = 5
-MAX_CONNECTIONS = 100
+# VideoDB calls at once, per process; the rest queue. Past about this many, httpcore's pool
+# costs more CPU per call than the call itself (docs/performance.md).
+MAX_CONNECTIONS = 16
 MAX_RETRY_AFTER_PASSED_ON = 300  # seconds: the most of VideoDB's Retry-After we pass on
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
@@ -126,9 +128,8 @@ class VideoDBClient:
         self._api_key = api_key
         self._url = base_url + TOKEN_PATH
         self._timeout = timeout
-        # Requests queue here, before httpx: httpcore's pool costs O(waiting x connections)
-        # per event in its assignment loop, which stalled the event loop with hundreds of
-        # requests waiting for a connection (docs/performance.md).
+        # Requests queue here, before httpx: httpcore's pool does work in proportion to the
+        # requests and connections it holds on every event (docs/performance.md).
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:

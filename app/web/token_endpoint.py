@@ -10,14 +10,14 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import InvalidRequest, PayloadTooLarge
+from app.errors import BrokerError, InvalidRequest, PayloadTooLarge
 from app.observability.fingerprints import fingerprint
-from app.services import Services, services_of
+from app.services import Services, services_in, services_of
 from app.settings import Settings
-from app.web.problems import PROBLEM_CONTENT_TYPE
+from app.web.problems import PROBLEM_CONTENT_TYPE, problem_for
 from app.web.request_context import AUDIT_SCOPE_KEY
 
 MAX_BODY_BYTES = 1024
@@ -106,22 +106,36 @@ async def create_session_token(request: Request) -> Response:
     return await serve_token(request, services_of(request))
 
 
-# The same endpoint as a plain Starlette route, placed before every other route by the app
-# factory: it answers the POSTs without FastAPI's per-request dependency solving and body
-# handling, which cost as much as the broker's own work on a cache hit (docs/performance.md).
-# The FastAPI route above stays for the OpenAPI document and the 405 on other methods.
-class _NamedRoute(Route):
-    """A Starlette route that puts itself in the scope when it matches, as FastAPI's own routes
-    do, so that the request's metrics and log line are labelled with its path."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope
+# What metrics and the log line name a token request by (FastAPI's routes put themselves in
+# the scope; the fast path below answers before routing, so it puts this one there).
+token_route = Route(TOKEN_PATH, create_session_token, methods=["POST"])
 
 
-token_route = _NamedRoute(TOKEN_PATH, create_session_token, methods=["POST"])
+class TokenFastPath:
+    """Answers the token endpoint's POSTs before FastAPI's routing; passes on the rest.
+
+    A cache hit is the busiest path, and FastAPI's per-request work for a route (routing,
+    the request/response wrapper, dependency solving) cost as much as the broker's own work
+    on a hit: this layer, the innermost, calls `serve_token` directly (a plain Starlette
+    route placed first was measured too and kept most of that cost: docs/performance.md).
+    It sits inside the request-context and CORS layers, so request ids, security headers,
+    CORS, metrics and the log line are as for any route; errors render as problem+json.
+    The FastAPI route above stays for the OpenAPI document and the 405 on other methods.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != TOKEN_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = token_route
+        try:
+            response = await serve_token(Request(scope, receive), services_in(scope))
+        except BrokerError as exc:
+            response = problem_for(exc)
+        await response(scope, receive, send)
 
 
 async def serve_token(request: Request, services: Services) -> Response:
