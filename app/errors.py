@@ -74,6 +74,12 @@ class OriginNotAllowed(BrokerError):
     title = "Origin not allowed"
 
 
+class NotFound(BrokerError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
 class InvalidRequest(BrokerError):
     status = 422
     code = "invalid_request"
@@ -108,13 +114,25 @@ class UpstreamUnavailable(BrokerError):
     code = "upstream_unavailable"
     title = "VideoDB unavailable"
 
-    def __init__(self, detail: str, retry_after: int, upstream_hint: int | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        retry_after: int,
+        upstream_hint: int | None = None,
+        *,
+        reached: bool = True,
+    ) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
         self.retry_after = max(1, retry_after)
         self.upstream_hint = upstream_hint  # VideoDB's own Retry-After, when it sent one
+        self.reached = reached  # False: the request never left, so any call may be repeated
 
 
 class UpstreamTimeout(BrokerError):
     status = 504
     code = "upstream_timeout"
     title = "VideoDB timed out"
+
+    def __init__(self, detail: str, *, reached: bool = True) -> None:
+        super().__init__(detail)
+        self.reached = reached  # False: the request never left, so any call may be repeated

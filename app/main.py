@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import __version__
+from app.capture.service import CaptureSessions
 from app.identity.authenticator import Authenticator
 from app.identity.signing_keys import signing_keys_for
 from app.observability.logs import configure_logging
@@ -28,6 +29,7 @@ from app.tokens.shared_store import SharedTokenStore
 from app.videodb.circuit_breaker import CircuitBreaker
 from app.videodb.client import VideoDBClient, build_http_client
 from app.videodb.retries import ResilientVideoDB
+from app.web.capture_endpoints import router as capture_router
 from app.web.cors import ProblemCORSMiddleware, cors_middleware_options
 from app.web.ops_endpoints import router as ops_router
 from app.web.problems import UnhandledErrorMiddleware, install_error_handlers
@@ -78,7 +80,11 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
         idp_http = httpx.AsyncClient(timeout=IDP_TIMEOUT, follow_redirects=False)
         keys = signing_keys_for(settings, idp_http)
         videodb = VideoDBClient(
-            upstream_http, settings.videodb_api_key, settings.videodb_api, settings.upstream_timeout
+            upstream_http,
+            settings.videodb_api_key,
+            settings.videodb_api,
+            settings.upstream_timeout,
+            settings.capture_collection_id,
         )
         breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -88,6 +94,15 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
             if shared is not None
             else None
         )
+        resilient = ResilientVideoDB(videodb, breaker, settings.upstream_timeout)
+        tokens = TokenService(
+            resilient,
+            LocalTokenCache(settings.cache_max_entries),
+            store,
+            upstream_name=settings.videodb_api,
+            deadline=settings.upstream_timeout,
+        )
+        capture_on = settings.capture_sessions_on
         services = Services(
             settings=settings,
             signing_keys=keys,
@@ -95,12 +110,22 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
             shared_state=shared,
             authenticator=Authenticator(settings, keys),
             limiter=UserRateLimiter(settings.rate_limit, shared, redis_url),
-            tokens=TokenService(
-                ResilientVideoDB(videodb, breaker, settings.upstream_timeout),
-                LocalTokenCache(settings.cache_max_entries),
-                store,
-                upstream_name=settings.videodb_api,
-                deadline=settings.upstream_timeout,
+            tokens=tokens,
+            capture=(
+                CaptureSessions(resilient, tokens, settings.capture_callback_url)
+                if capture_on
+                else None
+            ),
+            capture_limiter=(
+                UserRateLimiter(
+                    settings.capture_rate_limit,
+                    shared,
+                    redis_url,
+                    key_prefix="capture",
+                    noun="capture sessions",
+                )
+                if capture_on
+                else None
             ),
         )
         await keys.start()
@@ -145,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(token_router)
     app.include_router(ops_router)
+    if settings.capture_sessions_on:  # off: 404 and absent from the OpenAPI document
+        app.include_router(capture_router)
     document_token_endpoint(app, settings)
     # Added innermost first: CORS sees requests after the request id is bound. Layers with
     # nothing to do are left out: each costs every request (docs/performance.md).

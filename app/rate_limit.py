@@ -74,9 +74,15 @@ class UserRateLimiter:
     """
 
     def __init__(
-        self, rate: str, shared: SharedState | None = None, redis_url: str | None = None
+        self,
+        rate: str,
+        shared: SharedState | None = None,
+        redis_url: str | None = None,
+        key_prefix: str | None = None,
+        noun: str = "token requests",
     ) -> None:
         self._items: list[RateLimitItem] = parse_many(rate)
+        self._noun = noun
         self.local_storage = SweepingMemoryStorage()
         self._local = SlidingWindowCounterRateLimiter(self.local_storage)
         self._shared = shared
@@ -86,7 +92,8 @@ class UserRateLimiter:
                 _limits_uri(redis_url),
                 implementation="redispy",
                 wrap_exceptions=True,
-                key_prefix="vtb:v1:limits",
+                # another limit (capture sessions) counts apart, even at the same rate
+                key_prefix="vtb:v1:limits" + (f":{key_prefix}" if key_prefix else ""),
                 connection_pool=shared.pool,  # type: ignore[arg-type]  # typed too narrowly
             )
             self._remote = SlidingWindowCounterRateLimiter(storage)
@@ -112,7 +119,7 @@ class UserRateLimiter:
         retry = max(1, math.ceil(stats.reset_time - time.time()))
         metrics.RATE_LIMITED.inc()
         raise RateLimited(
-            f"Too many token requests for this user; retry after {retry} s.",
+            f"Too many {self._noun} for this user; retry after {retry} s.",
             headers={"Retry-After": str(retry)},
         )
 

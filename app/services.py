@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
+from app.capture.service import CaptureSessions
 from app.identity.authenticator import Authenticator
 from app.identity.signing_keys import SigningKeys
 from app.rate_limit import UserRateLimiter
@@ -29,6 +30,8 @@ class Services:
     authenticator: Authenticator
     limiter: UserRateLimiter
     tokens: TokenService
+    capture: CaptureSessions | None = None  # BROKER_CAPTURE_SESSIONS=on only
+    capture_limiter: UserRateLimiter | None = None
 
 
 def services_in(scope: Scope) -> Services:

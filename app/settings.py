@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     tls_key_file: str | None = None
     trusted_proxies: CommaList = Field(default_factory=list)
 
+    capture_sessions: Literal["on", "off"] = "off"
+    capture_collection_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    capture_callback_url: str | None = None
+    capture_rate_limit: str = "10/minute"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -122,6 +127,16 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("capture_sessions", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("capture_callback_url")
+    @classmethod
+    def _secure_callback(cls, value: str | None) -> str | None:
+        return None if value is None else require_secure_url(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -220,7 +235,7 @@ class Settings(BaseSettings):
             raise ValueError("has an option the Redis client refuses (check its query)") from None
         return value
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "capture_rate_limit")
     @classmethod
     def _rate_shape(cls, value: str) -> str:
         from limits import parse_many
@@ -268,6 +283,11 @@ class Settings(BaseSettings):
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
         return self
+
+    @property
+    def capture_sessions_on(self) -> bool:
+        """Whether the capture-session endpoints are served."""
+        return self.capture_sessions == "on"
 
     @property
     def key_source(self) -> Literal["jwks", "discovery", "shared_secret"]:

@@ -37,13 +37,20 @@ TOKENS_ISSUED = Counter(
 TOKENS_BY_SOURCE = {source: TOKENS_ISSUED.labels(source) for source in TOKEN_SOURCES}
 UPSTREAM_LATENCY = Histogram(
     "broker_upstream_latency_seconds",
-    "Latency of one VideoDB call",
+    "Latency of one VideoDB call, by operation (token, create_capture_session, "
+    "get_capture_session)",
+    ["operation"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 UPSTREAM_OUTCOMES = Counter(
     "broker_upstream_requests_total",
-    "VideoDB calls by outcome (ok, unavailable, unusable, error, timeout, circuit_open, "
-    "cancelled, other)",
+    "VideoDB calls by operation and outcome (ok, unavailable, unusable, error, timeout, "
+    "circuit_open, not_found, cancelled, other)",
+    ["operation", "outcome"],
+)
+CAPTURE_SESSIONS = Counter(
+    "broker_capture_sessions_total",
+    "Capture session creations by outcome (created, or the problem code that refused it)",
     ["outcome"],
 )
 IDENTITY_FAILURES = Counter(

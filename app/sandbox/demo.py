@@ -46,6 +46,7 @@ def demo_settings(videodb_url: str, issuer_url: str, api_key: str) -> Settings:
         auth_jwks_url=issuer_url + "/jwks.json",
         auth_audience=DEMO_AUDIENCE,
         cors_origins=[DEMO_ORIGIN],
+        capture_sessions="on",
         log_format="console",
     )
 
@@ -69,6 +70,25 @@ def curl_line(broker_url: str, bearer: str) -> str:
     )
 
 
+def capture_curl_line(broker_url: str, bearer: str) -> str:
+    """A curl command that creates a capture session and prints it with its token."""
+    return " ".join(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            shlex.quote(f"{broker_url}/v1/capture/sessions"),
+            "-H",
+            shlex.quote(f"Authorization: Bearer {bearer}"),
+            "-H",
+            shlex.quote("Content-Type: application/json"),
+            "-d",
+            shlex.quote('{"metadata": {"app": "demo"}}'),
+        ]
+    )
+
+
 def banner(broker_url: str, bearer: str) -> str:
     """What the newcomer reads first."""
     return "\n".join(
@@ -84,6 +104,9 @@ def banner(broker_url: str, bearer: str) -> str:
             "",
             "Mint a session token:",
             f"  {curl_line(broker_url, bearer)}",
+            "",
+            "Create a capture session (its id and a token; GET its Location to follow it):",
+            f"  {capture_curl_line(broker_url, bearer)}",
             "",
             "Press Ctrl+C to stop.",
             "",

@@ -1,4 +1,5 @@
-"""A stand-in for VideoDB's POST /capture/session/token, as its OpenAPI describes it."""
+"""A stand-in for VideoDB's calls the broker makes, as VideoDB's OpenAPI describes them:
+POST /capture/session/token, and creating and reading capture sessions."""
 
 from __future__ import annotations
 
@@ -43,4 +44,44 @@ def stand_in_videodb(api_key: str) -> Starlette:
             }
         )
 
-    return Starlette(routes=[Route("/capture/session/token", create_token, methods=["POST"])])
+    sessions: dict[str, dict[str, object]] = {}
+
+    async def create_session(request: Request) -> JSONResponse:
+        if request.headers.get("x-access-token") != api_key:
+            return _failure(401, "Invalid API key", "UNAUTHORIZED")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return _failure(400, "Invalid JSON body", "BAD_REQUEST")
+        if not isinstance(body, dict) or not isinstance(body.get("end_user_id"), str):
+            return _failure(400, "end_user_id is required", "BAD_REQUEST")
+        session_id = f"cap-{secrets.token_hex(8)}"
+        record: dict[str, object] = {
+            **{
+                k: body[k] for k in ("end_user_id", "callback_url", "ws_connection_id") if k in body
+            },
+            "metadata": body.get("metadata") or {},
+            "session_id": session_id,
+            "collection_id": request.path_params["collection_id"],
+            "status": "created",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        sessions[session_id] = record
+        return JSONResponse({"success": True, "data": record})
+
+    async def get_session(request: Request) -> JSONResponse:
+        if request.headers.get("x-access-token") != api_key:
+            return _failure(401, "Invalid API key", "UNAUTHORIZED")
+        found = sessions.get(request.path_params["session_id"])
+        if found is None:
+            return _failure(404, "Capture session not found", "NOT_FOUND")
+        return JSONResponse({"success": True, "data": found})
+
+    sessions_path = "/collection/{collection_id}/capture/session"
+    return Starlette(
+        routes=[
+            Route("/capture/session/token", create_token, methods=["POST"]),
+            Route(sessions_path, create_session, methods=["POST"]),
+            Route(sessions_path + "/{session_id}", get_session, methods=["GET"]),
+        ]
+    )

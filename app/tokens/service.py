@@ -13,7 +13,7 @@ from app.errors import BrokerError, UpstreamError, UpstreamTimeout, UpstreamUnav
 from app.observability import metrics
 from app.tokens.cache import CachedToken, LocalTokenCache, Singleflight, cache_key
 from app.tokens.shared_store import SharedTokenStore
-from app.videodb.client import MintedToken
+from app.videodb.answers import MintedToken
 
 TokenSource = Literal["cache", "upstream", "coalesced"]
 POLL_SECONDS = 0.02

@@ -1,48 +1,37 @@
-"""The one place that talks to VideoDB: mint an st- token, or raise a domain error."""
+"""The one place that talks to VideoDB: the calls that carry the key, over one shared client."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
-import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 import structlog
 from pydantic import SecretStr
 
 from app import __version__
-from app.errors import (
-    BrokerError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    UpstreamUnusable,
+from app.errors import BrokerError, UpstreamTimeout, UpstreamUnavailable, UpstreamUnusable
+from app.videodb.answers import (
+    DEFAULT_RETRY_AFTER,
+    MAX_RESPONSE_BYTES,
+    Answer,
+    CaptureSession,
+    MintedToken,
+    created_session_from,
+    session_record_from,
+    token_from,
 )
-from app.observability.fingerprints import fingerprint
-from app.timestamps import plausible_seconds
 
 TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
-MAX_RESPONSE_BYTES = 64 * 1024
-MAX_TOKEN_CHARS = 4096
-DEFAULT_RETRY_AFTER = 5
 # VideoDB calls at once, per process; the rest queue. Past about this many, httpcore's pool
 # costs more CPU per call than the call itself (docs/performance.md).
 MAX_CONNECTIONS = 16
-MAX_RETRY_AFTER_PASSED_ON = 300  # seconds: the most of VideoDB's Retry-After we pass on
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
 log = structlog.get_logger(logger_name=__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class MintedToken:
-    """An st- token and the moment it stops working (epoch seconds)."""
-
-    token: str
-    expires_at: int
 
 
 class _NoCookies(httpx.Cookies):
@@ -84,138 +73,109 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
-_DELAY_SECONDS = re.compile(r"[0-9]+", re.ASCII)
-
-
-def retry_after_hint(value: str | None) -> int | None:
-    """VideoDB's Retry-After in whole seconds (1 to the cap) when it is delay-seconds; else None.
-
-    Only ASCII digits count (`str.isdigit` also takes '²' and other scripts' digits, which
-    int() then refuses), and a number too long to be meant is the cap, never parsed.
-    """
-    text = value.strip() if value is not None else ""
-    if not _DELAY_SECONDS.fullmatch(text):
-        return None
-    if len(text) > len(str(MAX_RETRY_AFTER_PASSED_ON)):
-        return MAX_RETRY_AFTER_PASSED_ON
-    return min(max(int(text), 1), MAX_RETRY_AFTER_PASSED_ON)
-
-
-def true_expiry(sent_at: float, requested: int, expires_at: object, expires_in: object) -> int:
-    """The earliest expiry any signal supports, so what we report is never too late.
-
-    VideoDB's `expires_at` may be a float, in another unit (milliseconds), or disagree with
-    `expires_in`. Whatever it says, a token is never taken to outlive the lifetime we asked
-    for, counted from when the request was sent (our own clock).
-    """
-    candidates = [sent_at + requested]
-    lifetime = plausible_seconds(expires_in)
-    if lifetime is not None and lifetime > 0:
-        candidates.append(sent_at + lifetime)
-    absolute = plausible_seconds(expires_at)
-    if absolute is not None:
-        candidates.append(absolute)
-    return math.floor(min(candidates))
+# Failures httpx reports before a byte of the request was written: safe to repeat any call.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class VideoDBClient:
-    """Exchanges the server-held key for a session token bound to one user."""
+    """The calls that carry the server-held key: a token for one user, and capture sessions."""
 
     def __init__(
-        self, http: httpx.AsyncClient, api_key: SecretStr, base_url: str, timeout: float
+        self,
+        http: httpx.AsyncClient,
+        api_key: SecretStr,
+        base_url: str,
+        timeout: float,
+        collection_id: str = "default",
     ) -> None:
         self._http = http
         self._api_key = api_key
-        self._url = base_url + TOKEN_PATH
+        self._base = base_url
+        self._sessions_path = f"/collection/{collection_id}/capture/session"
         self._timeout = timeout
         # Requests queue here, before httpx: httpcore's pool does work in proportion to the
         # requests and connections it holds on every event (docs/performance.md).
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
-        """Ask VideoDB for a token; raise UpstreamError/Unavailable/Timeout on any failure."""
+        """A token for this user; UpstreamError/Unavailable/Timeout on any failure."""
         sent_at = time.time()
+        payload = {"user_id": user_id, "expires_in": expires_in}
+        answer = await self.call("POST", TOKEN_PATH, payload, budget)
+        return _interpreted(lambda: token_from(answer, sent_at, expires_in))
+
+    async def create_capture_session(
+        self, payload: dict[str, object], budget: float | None = None
+    ) -> CaptureSession:
+        """Create a capture session (never repeated once it may have reached VideoDB)."""
+        answer = await self.call("POST", self._sessions_path, payload, budget)
+        return _interpreted(lambda: created_session_from(answer))
+
+    async def get_capture_session(
+        self, session_id: str, budget: float | None = None
+    ) -> dict[str, object]:
+        """VideoDB's record of one capture session; NotFound when it knows none by that id."""
+        answer = await self.call("GET", f"{self._sessions_path}/{session_id}", None, budget)
+        return _interpreted(lambda: session_record_from(answer))
+
+    async def call(
+        self, method: str, path: str, payload: dict[str, object] | None, budget: float | None
+    ) -> Answer:
+        """One call with the key, within `budget` seconds; transport failures become
+        UpstreamTimeout/UpstreamUnavailable, whose `reached` says whether VideoDB may have
+        received the request."""
+        reached = False
         try:
-            async with asyncio.timeout(budget or self._timeout), self._slots:
-                status, headers, body = await self._post(user_id, expires_in)
-        except (TimeoutError, httpx.TimeoutException):
+            async with asyncio.timeout(budget or self._timeout):
+                async with self._slots:
+                    reached = True  # from here on, a byte of the request may have left
+                    return await self._exchange(method, path, payload)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             log.warning("videodb_timeout", timeout_s=self._timeout)
-            raise UpstreamTimeout("VideoDB did not answer in time; try again shortly.") from None
+            sent = reached and not isinstance(exc, _NOT_SENT)
+            raise UpstreamTimeout(
+                "VideoDB did not answer in time; try again shortly.", reached=sent
+            ) from None
         except httpx.HTTPError as exc:
             log.warning("videodb_unreachable", error_type=type(exc).__name__)
+            sent = reached and not isinstance(exc, _NOT_SENT)
             raise UpstreamUnavailable(
-                "VideoDB could not be reached; try again shortly.", DEFAULT_RETRY_AFTER
+                "VideoDB could not be reached; try again shortly.",
+                DEFAULT_RETRY_AFTER,
+                reached=sent,
             ) from None
-        try:
-            return self._interpret(status, headers, body, sent_at, expires_in)
-        except BrokerError:
-            raise
-        except Exception as exc:
-            # Whatever else an answer can make go wrong is an answer we cannot use.
-            log.warning("videodb_unusable", problem=type(exc).__name__)
-            raise UpstreamUnusable("VideoDB answered with something unusable.") from None
 
-    async def _post(self, user_id: str, expires_in: int) -> tuple[int, httpx.Headers, bytes]:
+    async def _exchange(self, method: str, path: str, payload: dict[str, object] | None) -> Answer:
+        headers = {
+            "x-access-token": self._api_key.get_secret_value(),
+            "x-videodb-client": CLIENT_ID,
+        }
+        content = None
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(payload).encode()
         # Streamed, and no more read than the cap: a hostile or broken answer cannot fill
         # memory, and its body is never logged.
         async with self._http.stream(
-            "POST",
-            self._url,
-            content=json.dumps({"user_id": user_id, "expires_in": expires_in}).encode(),
-            headers={
-                "x-access-token": self._api_key.get_secret_value(),
-                "Content-Type": "application/json",
-                "x-videodb-client": CLIENT_ID,
-            },
+            method, self._base + path, content=content, headers=headers
         ) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     break
-            return resp.status_code, resp.headers, bytes(body)
+            return Answer(resp.status_code, resp.headers, bytes(body))
 
-    def _interpret(
-        self, status: int, headers: httpx.Headers, body: bytes, sent_at: float, requested: int
-    ) -> MintedToken:
-        if status == 429 or status >= 500:
-            hint = retry_after_hint(headers.get("retry-after"))
-            retry = hint or DEFAULT_RETRY_AFTER
-            log.warning("videodb_unavailable", status=status, retry_after_s=hint)
-            raise UpstreamUnavailable(
-                f"VideoDB is unavailable (HTTP {status}); retry after {retry} s.", retry, hint
-            )
-        if status in (401, 403):
-            # VideoDB refused our key: an operator problem, never the end user's.
-            log.error("videodb_refused_key", status=status)
-            raise UpstreamError("VideoDB refused the broker's credentials; contact the operator.")
-        if status != 200:
-            log.warning("videodb_refused", status=status)
-            raise UpstreamError(f"VideoDB refused the request (HTTP {status}).")
-        if len(body) > MAX_RESPONSE_BYTES:
-            log.warning("videodb_unusable", problem="oversized")
-            raise UpstreamUnusable("VideoDB answered with an oversized body.")
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            log.warning("videodb_unusable", problem="not_json")
-            raise UpstreamUnusable("VideoDB answered with something that is not JSON.") from None
-        data = document.get("data") if isinstance(document, dict) else None
-        if not isinstance(document, dict) or document.get("success") is not True:
-            log.warning("videodb_unusable", problem="success_not_true")
-            raise UpstreamUnusable("VideoDB reported a failure.")
-        token = data.get("token") if isinstance(data, dict) else None
-        if (
-            not isinstance(token, str)
-            or not token.startswith("st-")
-            or len(token) > MAX_TOKEN_CHARS
-            or not token.isprintable()
-        ):
-            log.warning("videodb_unusable", problem="no_session_token")
-            raise UpstreamUnusable("VideoDB answered without a session token.")
-        assert isinstance(data, dict)
-        expires_at = true_expiry(sent_at, requested, data.get("expires_at"), data.get("expires_in"))
-        if expires_at - time.time() < 1:
-            log.warning("videodb_unusable", problem="already_expired", token=fingerprint(token))
-            raise UpstreamUnusable("VideoDB answered with a token that has already expired.")
-        return MintedToken(token=token, expires_at=expires_at)
+
+T = TypeVar("T")
+
+
+def _interpreted(read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except BrokerError:
+        raise
+    except Exception as exc:
+        # Whatever else an answer can make go wrong is an answer we cannot use.
+        log.warning("videodb_unusable", problem=type(exc).__name__)
+        raise UpstreamUnusable("VideoDB answered with something unusable.") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from tenacity import (
@@ -16,26 +18,35 @@ from tenacity import (
 )
 
 from app.errors import (
+    NotFound,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnusable,
 )
 from app.observability import metrics
+from app.videodb.answers import CaptureSession, MintedToken
 from app.videodb.circuit_breaker import CircuitBreaker, CircuitOpen
-from app.videodb.client import MintedToken, VideoDBClient
+from app.videodb.client import VideoDBClient
 
 MAX_ATTEMPTS = 3
 MAX_RETRY_AFTER_WAITED = 2.0  # seconds; VideoDB asking for a longer pause ends the retries
 _backoff = wait_random_exponential(multiplier=0.1, max=1.0)
 
+T = TypeVar("T")
 log = structlog.get_logger(logger_name=__name__)
 
 
 def _retryable(exc: BaseException) -> bool:
+    """What VideoDB could not serve (unreachable, 5xx, 429, a short Retry-After)."""
     if isinstance(exc, CircuitOpen) or not isinstance(exc, UpstreamUnavailable):
         return False
     return exc.upstream_hint is None or exc.upstream_hint <= MAX_RETRY_AFTER_WAITED
+
+
+def _retryable_unsent(exc: BaseException) -> bool:
+    """For a call that is not safe to repeat: only a request that never left."""
+    return _retryable(exc) and not getattr(exc, "reached", True)
 
 
 def _wait(state: RetryCallState) -> float:
@@ -58,6 +69,8 @@ def _outcome(exc: BaseException | None) -> str:
         return "unusable"
     if isinstance(exc, UpstreamError):
         return "error"
+    if isinstance(exc, NotFound):
+        return "not_found"
     return "cancelled" if isinstance(exc, asyncio.CancelledError) else "other"
 
 
@@ -72,14 +85,41 @@ class ResilientVideoDB:
     async def mint(self, user_id: str, expires_in: int) -> MintedToken:
         """One token, or the last error once retries or the deadline run out.
 
-        Retried: what VideoDB could not serve (unreachable, 5xx, 429), after a jittered
-        backoff or its own `Retry-After` of up to 2 s. Minting a token changes nothing at
-        VideoDB but the token handed out, so repeating one that may have reached it is safe.
-        Every attempt and every pause lies inside the request's one deadline.
+        Minting a token changes nothing at VideoDB but the token handed out, so repeating
+        one that may have reached it is safe.
         """
+        return await self._with_retries(
+            "token", lambda budget: self._client.mint(user_id, expires_in, budget), _retryable
+        )
+
+    async def create_capture_session(self, payload: dict[str, object]) -> CaptureSession:
+        """Create a capture session. Not idempotent: repeated only when the request never
+        left (a refused connection), never once VideoDB may have received it."""
+        return await self._with_retries(
+            "create_capture_session",
+            lambda budget: self._client.create_capture_session(payload, budget),
+            _retryable_unsent,
+        )
+
+    async def get_capture_session(self, session_id: str) -> dict[str, object]:
+        """VideoDB's record of a capture session (a read: safe to repeat)."""
+        return await self._with_retries(
+            "get_capture_session",
+            lambda budget: self._client.get_capture_session(session_id, budget),
+            _retryable,
+        )
+
+    async def _with_retries(
+        self,
+        operation: str,
+        call: Callable[[float], Awaitable[T]],
+        retryable: Callable[[BaseException], bool],
+    ) -> T:
+        """Retried after a jittered backoff or VideoDB's own `Retry-After` of up to 2 s, while
+        `retryable` says so; every attempt and every pause inside the request's one deadline."""
         ends_at = time.monotonic() + self._deadline
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             wait=_wait,
             stop=stop_after_attempt(MAX_ATTEMPTS) | stop_before_delay(self._deadline),
             reraise=True,
@@ -89,19 +129,21 @@ class ResilientVideoDB:
                 left = ends_at - time.monotonic()
                 if left <= 0:
                     raise UpstreamTimeout("VideoDB did not answer in time; try again shortly.")
-                minted = await self._attempt(user_id, expires_in, left)
-        return minted
+                result = await self._attempt(operation, call, left)
+        return result
 
-    async def _attempt(self, user_id: str, expires_in: int, budget: float) -> MintedToken:
+    async def _attempt(
+        self, operation: str, call: Callable[[float], Awaitable[T]], budget: float
+    ) -> T:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
             async with self.breaker.guard():
-                return await self._client.mint(user_id, expires_in, budget=budget)
+                return await call(budget)
         except BaseException as exc:  # counted by what it was, never as "ok"
             error = exc
             raise
         finally:
             if not isinstance(error, CircuitOpen):
-                metrics.UPSTREAM_LATENCY.observe(time.perf_counter() - started)
-            metrics.UPSTREAM_OUTCOMES.labels(_outcome(error)).inc()
+                metrics.UPSTREAM_LATENCY.labels(operation).observe(time.perf_counter() - started)
+            metrics.UPSTREAM_OUTCOMES.labels(operation, _outcome(error)).inc()

@@ -13,11 +13,12 @@ from pydantic import BaseModel, Field
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import BrokerError, InvalidRequest, PayloadTooLarge
+from app.errors import BrokerError, InvalidRequest
 from app.observability.fingerprints import fingerprint
 from app.services import Services, services_in, services_of
 from app.settings import Settings
 from app.web.problems import PROBLEM_CONTENT_TYPE, problem_for
+from app.web.request_body import read_body
 from app.web.request_context import AUDIT_SCOPE_KEY
 
 MAX_BODY_BYTES = 1024
@@ -37,26 +38,8 @@ class TokenResponse(BaseModel):
     expires_in: int = Field(description="seconds left at the time of the response")
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The body may hold at most {MAX_BODY_BYTES} bytes.")
-    body = b""
-    more = True
-    while more:  # the ASGI messages themselves: Starlette's stream() costs a generator per call
-        message = await request.receive()
-        if message["type"] != "http.request":
-            break  # the client went away; what arrived is judged as it is
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The body may hold at most {MAX_BODY_BYTES} bytes.")
-    return body
-
-
 def requested_ttl(body: bytes, settings: Settings) -> int:
     """The lifetime asked for: none, {} or {"expires_in": int}; anything else is a 422."""
-    low, high = settings.token_min_ttl, settings.token_max_ttl
     # What nearly every client sends, no parse needed. A body of whitespace alone is neither
     # none nor JSON, so it goes on to the parser and is refused.
     if not body or body.strip() == b"{}":
@@ -72,6 +55,12 @@ def requested_ttl(body: bytes, settings: Settings) -> int:
         raise InvalidRequest(
             "Only 'expires_in' may be sent; the user id comes from the verified token."
         )
+    return requested_lifetime(document, settings)
+
+
+def requested_lifetime(document: dict[str, Any], settings: Settings) -> int:
+    """`expires_in` of a request body: the default when absent, else an integer in range."""
+    low, high = settings.token_min_ttl, settings.token_max_ttl
     if "expires_in" not in document:
         return settings.token_default_ttl
     ttl = document["expires_in"]
@@ -141,7 +130,7 @@ class TokenFastPath:
 async def serve_token(request: Request, services: Services) -> Response:
     """The endpoint itself: identity, body, limits, then a reused or freshly minted token."""
     user = await services.authenticator.authenticate(request)
-    ttl = requested_ttl(await _read_body(request), services.settings)
+    ttl = requested_ttl(await read_body(request, MAX_BODY_BYTES), services.settings)
     await services.limiter.check(user.user_id)
     issued = await services.tokens.issue(user.user_id, ttl)
     expires_at = issued.minted.expires_at

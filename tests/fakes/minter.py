@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from app.errors import UpstreamUnavailable
-from app.videodb.client import MintedToken
+from app.videodb.answers import MintedToken
 
 
 class CountingMinter:

@@ -13,7 +13,8 @@ import respx
 from pydantic import SecretStr
 
 from app.sandbox.dev_issuer import DevIssuer
-from app.videodb.client import CLIENT_ID, VideoDBClient, build_http_client, true_expiry
+from app.videodb.answers import true_expiry
+from app.videodb.client import CLIENT_ID, VideoDBClient, build_http_client
 from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, VIDEODB, Build, bearer
 
 ECHO = f"invalid key {API_KEY} for user; internal trace at db01.videodb.internal"

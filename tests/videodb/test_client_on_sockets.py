@@ -20,13 +20,8 @@ import pytest
 from pydantic import SecretStr
 
 from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from app.videodb.client import (
-    MAX_CONNECTIONS,
-    MAX_RESPONSE_BYTES,
-    TOKEN_PATH,
-    VideoDBClient,
-    build_http_client,
-)
+from app.videodb.answers import MAX_RESPONSE_BYTES
+from app.videodb.client import MAX_CONNECTIONS, TOKEN_PATH, VideoDBClient, build_http_client
 from tests.fakes.tls import self_signed_certificate
 
 API_KEY = "sk-sockets-0123456789abcdef"

@@ -1,0 +1,209 @@
+"""POST /v1/capture/sessions and GET /v1/capture/sessions/{session_id}: a capture session
+for the authenticated user, created with the partner's key, read back by its owner only.
+Served only with BROKER_CAPTURE_SESSIONS=on (off, the paths are 404 and not documented)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from app.capture.service import CaptureSessions
+from app.errors import BrokerError, InvalidRequest
+from app.observability import metrics
+from app.observability.fingerprints import fingerprint
+from app.rate_limit import UserRateLimiter
+from app.services import Services, services_of
+from app.settings import Settings
+from app.videodb.answers import SESSION_ID
+from app.web.problems import PROBLEM_CONTENT_TYPE
+from app.web.request_body import read_body
+from app.web.request_context import audit_log
+from app.web.token_endpoint import requested_lifetime
+
+SESSIONS_PATH = "/v1/capture/sessions"
+MAX_BODY_BYTES = 4096
+MAX_METADATA_BYTES = 2048
+WS_CONNECTION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
+_FIELDS = frozenset({"metadata", "ws_connection_id", "expires_in"})
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
+
+router = APIRouter(tags=["capture sessions"])
+
+
+class CaptureSessionRequest(BaseModel):
+    """What a client may ask for; the end user, callback and collection are the server's."""
+
+    model_config = {"extra": "forbid"}
+
+    metadata: dict[str, Any] | None = Field(
+        None, description=f"any JSON object, at most {MAX_METADATA_BYTES} bytes as compact JSON"
+    )
+    ws_connection_id: str | None = Field(
+        None, pattern=WS_CONNECTION_ID.pattern, min_length=1, max_length=128
+    )
+    expires_in: int | None = Field(None, description="the token's lifetime, as for the token")
+
+
+class CaptureSessionCreated(BaseModel):
+    """A capture session and the token to start capturing with."""
+
+    session_id: str
+    status: str
+    collection_id: str
+    token: str = Field(description="the st- session token")
+    expires_at: int = Field(description="epoch seconds when the token stops working")
+    expires_in: int = Field(description="seconds left at the time of the response")
+
+
+class CaptureSessionView(BaseModel):
+    """What the owner may see of a capture session (each field where VideoDB gave it)."""
+
+    session_id: str
+    status: str | None = None
+    collection_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: str | int | float | None = None
+    export_status: str | None = None
+    exported_video_id: str | None = None
+    primary_video_channel_id: str | None = None
+    channels: list[Any] | None = None
+
+
+def creation_request(
+    body: bytes, settings: Settings
+) -> tuple[int, str | None, dict[str, Any] | None]:
+    """(lifetime, ws_connection_id, metadata) of a creation body, or a 422 naming the rule."""
+    if not body or body.strip() == b"{}":
+        return settings.token_default_ttl, None, None
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The body must be a JSON object.") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    if set(document) - _FIELDS:
+        raise InvalidRequest(
+            "Only metadata, ws_connection_id and expires_in may be sent; the end user, the "
+            "callback and the collection are the server's."
+        )
+    ttl = requested_lifetime(document, settings)
+    ws_connection_id = document.get("ws_connection_id")
+    if ws_connection_id is not None and not (
+        isinstance(ws_connection_id, str) and WS_CONNECTION_ID.fullmatch(ws_connection_id)
+    ):
+        raise InvalidRequest("ws_connection_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    metadata = document.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise InvalidRequest("metadata must be a JSON object.")
+        compact = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(compact) > MAX_METADATA_BYTES:
+            raise InvalidRequest(f"metadata may hold at most {MAX_METADATA_BYTES} bytes of JSON.")
+    return ttl, ws_connection_id, metadata
+
+
+def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter]:
+    if services.capture is None or services.capture_limiter is None:
+        raise RuntimeError("capture sessions are off: their routes are not mounted")
+    return services.capture, services.capture_limiter
+
+
+@router.post(
+    SESSIONS_PATH,
+    status_code=201,
+    response_model=CaptureSessionCreated,
+    summary="Create a capture session for the authenticated user, with a token to use it",
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": CaptureSessionRequest.model_json_schema()}},
+        }
+    },
+    responses={
+        201: {
+            "description": "created",
+            "headers": {
+                "Location": {
+                    "description": "/v1/capture/sessions/<session_id>",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        401: {"description": "missing_token / invalid_token", **_PROBLEM},
+        403: {"description": "insufficient_scope / csrf_failed / origin_not_allowed", **_PROBLEM},
+        413: {"description": "payload_too_large", **_PROBLEM},
+        422: {"description": "invalid_request", **_PROBLEM},
+        429: {"description": "rate_limited", **_PROBLEM},
+        502: {"description": "upstream_error", **_PROBLEM},
+        503: {"description": "upstream_unavailable", **_PROBLEM},
+        504: {"description": "upstream_timeout", **_PROBLEM},
+    },
+)
+async def create_capture_session(request: Request) -> Response:
+    """A session whose end user is the verified user, and a token; 201 with its Location."""
+    services = services_of(request)
+    sessions, capture_limiter = _capture(services)
+    try:
+        user = await services.authenticator.authenticate(request)
+        ttl, ws_connection_id, metadata = creation_request(
+            await read_body(request, MAX_BODY_BYTES), services.settings
+        )
+        await capture_limiter.check(user.user_id)
+        await services.limiter.check(user.user_id)  # the token inside counts as one, too
+        created = await sessions.create(user.user_id, ttl, ws_connection_id, metadata)
+    except BrokerError as exc:
+        metrics.CAPTURE_SESSIONS.labels(exc.code).inc()
+        raise
+    metrics.CAPTURE_SESSIONS.labels("created").inc()
+    session, minted = created.session, created.issued.minted
+    audit_log.info(
+        "capture_session_created",
+        session_id=session.session_id,
+        user_id=user.user_id,
+        token=fingerprint(minted.token),
+        token_source=created.issued.source,
+    )
+    body = {
+        "session_id": session.session_id,
+        "status": session.status,
+        "collection_id": session.collection_id or services.settings.capture_collection_id,
+        "token": minted.token,
+        "expires_at": minted.expires_at,
+        "expires_in": max(0, minted.expires_at - int(time.time())),
+    }
+    headers = {**_NO_STORE, "Location": f"{SESSIONS_PATH}/{session.session_id}"}
+    return Response(orjson.dumps(body), 201, headers=headers, media_type="application/json")
+
+
+@router.get(
+    SESSIONS_PATH + "/{session_id}",
+    response_model=CaptureSessionView,
+    summary="Follow a capture session of the authenticated user",
+    responses={
+        401: {"description": "missing_token / invalid_token", **_PROBLEM},
+        404: {"description": "not_found: no such session of this user", **_PROBLEM},
+        422: {"description": "invalid_request: not a session id", **_PROBLEM},
+        429: {"description": "rate_limited", **_PROBLEM},
+        502: {"description": "upstream_error", **_PROBLEM},
+        503: {"description": "upstream_unavailable", **_PROBLEM},
+        504: {"description": "upstream_timeout", **_PROBLEM},
+    },
+)
+async def read_capture_session(request: Request, session_id: str) -> Response:
+    """The owner's view of one session; another user's and an unknown one are one 404."""
+    services = services_of(request)
+    sessions, _ = _capture(services)
+    user = await services.authenticator.authenticate(request)
+    if not SESSION_ID.fullmatch(session_id):
+        raise InvalidRequest("session_id must be 1-128 characters of A-Z a-z 0-9 _ -")
+    await services.limiter.check(user.user_id)
+    view = await sessions.read(user.user_id, session_id)
+    return Response(orjson.dumps(view), media_type="application/json", headers=_NO_STORE)
