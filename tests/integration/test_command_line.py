@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -121,7 +122,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
     fake.reset()
 
 
-def test_demo_prints_a_curl_line_that_works_as_printed() -> None:
+def test_demo_prints_curl_lines_that_work_as_printed() -> None:
+    """A token, then a capture session (its id and a token) that its owner reads back."""
     port = free_port()
     demo = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "demo", "--port", str(port)],
@@ -134,15 +136,15 @@ def test_demo_prints_a_curl_line_that_works_as_printed() -> None:
     printed: list[str] = []
     try:
         assert demo.stdout is not None
-        curl_line = None
+        curl_lines: list[str] = []
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(curl_lines) < 2:
             line = demo.stdout.readline()
             printed.append(line)
             if line.strip().startswith("curl "):
-                curl_line = line.strip()
-                break
-        assert curl_line is not None, "demo printed no curl line"
+                curl_lines.append(line.strip())
+        assert len(curl_lines) == 2, "demo printed no two curl lines"
+        curl_line, session_line = curl_lines
         # one server's start-up lines, not three (the stand-ins start quietly)
         assert sum("Application startup complete" in line for line in printed) == 1
         result = subprocess.run(
@@ -152,6 +154,25 @@ def test_demo_prints_a_curl_line_that_works_as_printed() -> None:
         assert '"token":"st-' in result.stdout
         assert '"expires_in":600' in result.stdout
         assert shlex.split(curl_line)[0] == "curl"
+        created = subprocess.run(
+            ["bash", "-c", session_line + " -i"], capture_output=True, text=True, timeout=30
+        )
+        assert created.returncode == 0
+        assert created.stdout.startswith("HTTP/1.1 201")
+        head, _, body = created.stdout.partition("\n\n")  # text mode: CRLF read as \n
+        session = json.loads(body)
+        assert session["session_id"].startswith("cap-")
+        assert session["token"].startswith("st-")
+        (location,) = [
+            line.split(": ", 1)[1]
+            for line in head.splitlines()
+            if line.lower().startswith("location:")
+        ]
+        words = shlex.split(session_line)
+        name, _, value = words[words.index("-H") + 1].partition(": ")
+        read = httpx.get(f"http://127.0.0.1:{port}{location}", headers={name: value})
+        assert read.status_code == 200
+        assert read.json()["session_id"] == session["session_id"]
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=15)
