@@ -1,17 +1,22 @@
-"""What a desktop capture app does at start-up: get a VideoDB session token from the broker
-with the user's bearer token, hand it to VideoDB's capture client, refresh it before expiry.
-A refresh that fails for a passing reason (the broker unreachable, 408, 429, 5xx) is tried
-again after Retry-After or a growing backoff while the token held stays in use.
+"""What a desktop capture app does at start-up: with `--session`, create a capture session
+through the broker (its id and a token in one round trip, the broker holding the key) and
+start VideoDB's capture client on it; without, get a session token alone. Then keep the
+token fresh: refreshed before expiry, and fresh before each new recording, as VideoDB's
+clients need. A refresh that fails for a passing reason (the broker unreachable, 408, 429,
+5xx) is tried again after Retry-After or a growing backoff while the token held stays in use.
 
-    python capture_app.py --broker https://broker.example.com --id-token "$ID_TOKEN"
+    python capture_app.py --broker https://broker.example.com --id-token "$ID_TOKEN" --session
 
-Only httpx is needed (and the `videodb` package, if installed, receives the token).
-The whole token is never printed: only a fingerprint.
+Only httpx is needed. With VideoDB's SDK (`pip install "videodb[capture]"`) the session is
+started with `CaptureClient(client_token=...)` and `start_session(...)`; without its native
+runtime (`videodb-capture-bin`), the program says so in one line and goes on keeping the
+token fresh. The whole token is never printed: only a fingerprint.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -23,6 +28,7 @@ from typing import Any
 import httpx
 
 TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
+SESSIONS_PATH = "/v1/capture/sessions"
 # Statuses worth trying again later; anything else (401, 403, 422) needs the user or the app.
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 60.0
@@ -49,7 +55,8 @@ class SessionTokenKeeper:
     def __init__(
         self, broker: str, id_token: str, expires_in: int | None = None, margin: float = 300
     ) -> None:
-        self._url = broker.rstrip("/") + TOKEN_PATH
+        self._broker = broker.rstrip("/")
+        self._url = self._broker + TOKEN_PATH
         self._id_token = id_token
         self._expires_in = expires_in
         self._margin = margin
@@ -67,6 +74,20 @@ class SessionTokenKeeper:
                 self._fetch()
             assert self.token is not None
             return self.token
+
+    def create_session(self) -> str:
+        """Create a capture session through the broker; keep the token that came with it."""
+        with self._lock:
+            body = {"expires_in": self._expires_in} if self._expires_in else {}
+            response = self._http.post(
+                self._broker + SESSIONS_PATH,
+                json=body,
+                headers={"Authorization": f"Bearer {self._id_token}"},
+            )
+            data = _answer(response, 201)
+            self._keep(data)
+            emit("capture_session_created", session_id=data["session_id"])
+            return str(data["session_id"])
 
     def invalidate(self) -> str:
         """VideoDB said 401: drop the token and fetch a new one."""
@@ -92,14 +113,9 @@ class SessionTokenKeeper:
         response = self._http.post(
             self._url, json=body, headers={"Authorization": f"Bearer {self._id_token}"}
         )
-        if response.status_code != 200:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {}
-            retry = response.headers.get("Retry-After")
-            raise BrokerRefused(response.status_code, problem, float(retry) if retry else None)
-        data = response.json()
+        self._keep(_answer(response, 200))
+
+    def _keep(self, data: dict[str, Any]) -> None:
         self.token = data["token"]
         self.lifetime = float(data["expires_in"])
         self.expires_at = time.time() + self.lifetime
@@ -113,6 +129,19 @@ class SessionTokenKeeper:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _answer(response: httpx.Response, expected: int) -> dict[str, Any]:
+    """The broker's JSON answer, or BrokerRefused with its problem."""
+    if response.status_code != expected:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {}
+        retry = response.headers.get("Retry-After")
+        raise BrokerRefused(response.status_code, problem, float(retry) if retry else None)
+    data: dict[str, Any] = response.json()
+    return data
 
 
 def retry_delay(error: Exception, failures: int) -> float | None:
@@ -132,19 +161,31 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def hand_to_videodb(token: str) -> None:
-    """Give the token to VideoDB's capture client when the SDK is installed."""
+def start_capture(session_id: str | None, token: str) -> None:
+    """Start VideoDB's capture client on the session with this token, if the SDK can run."""
     try:
-        import videodb  # type: ignore[import-not-found]
+        from videodb.capture import CaptureClient  # type: ignore[import-not-found]
     except ImportError:
-        emit("videodb_sdk_absent", note="pip install videodb to start a capture session")
+        emit("videodb_sdk_absent", note='pip install "videodb[capture]" to start capturing')
         return
-    client_class = getattr(videodb, "CaptureClient", None)
-    if client_class is None:
-        emit("videodb_sdk_without_capture_client", version=getattr(videodb, "__version__", "?"))
+    try:
+        client = CaptureClient(client_token=token)
+    except RuntimeError as exc:  # the SDK without its native runtime (videodb-capture-bin)
+        emit("videodb_capture_runtime_missing", note=str(exc).splitlines()[0])
         return
-    client_class(client_token=token)
     emit("videodb_capture_client_ready", token=fingerprint(token))
+    if session_id is not None:
+        asyncio.run(_record(client, session_id))
+
+
+async def _record(client: Any, session_id: str) -> None:
+    channels = await client.list_channels()
+    # the first microphone and the first display, as VideoDB's samples record
+    chosen = [c for c in (channels.mics.default, channels.displays.default) if c is not None]
+    if chosen:
+        chosen[-1].is_primary = True
+    await client.start_session(capture_session_id=session_id, channels=chosen)
+    emit("capture_started", session_id=session_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expires-in", type=int, default=None)
     parser.add_argument("--margin", type=float, default=300, help="refresh this early (s)")
     parser.add_argument("--run-for", type=float, default=0, help="stop after N s (0: forever)")
+    parser.add_argument(
+        "--session", action="store_true", help="create a capture session and start capturing"
+    )
     args = parser.parse_args(argv)
     if not args.id_token:
         print("no bearer token: pass --id-token or set ID_TOKEN", file=sys.stderr)
@@ -161,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     keeper = SessionTokenKeeper(args.broker, args.id_token, args.expires_in, args.margin)
     deadline = time.time() + args.run_for if args.run_for else float("inf")
     handed, failures = False, 0
+    session_id: str | None = None
     try:
         while True:
             try:
+                if args.session and session_id is None:
+                    session_id = keeper.create_session()  # a fresh token comes with it
                 token = keeper.get()
             except (BrokerRefused, httpx.HTTPError) as exc:
                 failures += 1
@@ -181,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 failures = 0
                 if not handed:
-                    hand_to_videodb(token)
+                    start_capture(session_id, token)
                     handed = True
                 wait = keeper.seconds_until_refresh()
             now = time.time()
