@@ -11,7 +11,7 @@ from app.settings import Settings
 from app.web.problems import problem_response
 
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-CSRF", "X-Request-ID"]
-EXPOSED_HEADERS = ["Retry-After", "X-Request-ID", "WWW-Authenticate"]
+EXPOSED_HEADERS = ["Retry-After", "X-Request-ID", "WWW-Authenticate", "Location"]
 PREFLIGHT_MAX_AGE = 600
 
 

@@ -147,6 +147,57 @@ export class SessionTokenClient {
     return this.current;
   }
 
+  /**
+   * Create a capture session through the broker (BROKER_CAPTURE_SESSIONS=on): its id and a
+   * token in one round trip; the token becomes the one this client holds and refreshes.
+   * Never retried here: a failed creation is reported, and the app decides to ask again.
+   * @param {{metadata?: object, wsConnectionId?: string}} [options]
+   * @returns {Promise<{sessionId: string, status: string, collectionId: string, token: string, expiresAt: number, location: string}>}
+   */
+  async createCaptureSession({ metadata, wsConnectionId } = {}) {
+    const headers = { "Content-Type": "application/json" };
+    if (this.cookie) {
+      headers["X-CSRF"] = "1";
+    } else {
+      headers.Authorization = `Bearer ${await this.getIdToken()}`;
+    }
+    const body = {};
+    if (this.expiresIn) body.expires_in = this.expiresIn;
+    if (metadata) body.metadata = metadata;
+    if (wsConnectionId) body.ws_connection_id = wsConnectionId;
+    const response = await fetch(new URL("/v1/capture/sessions", this.endpoint).toString(), {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+      credentials: this.cookie ? "include" : "omit",
+      cache: "no-store",
+    });
+    if (response.status !== 201) {
+      let problem = {};
+      try {
+        problem = await response.json();
+      } catch {}
+      problem.retryAfter = Number(response.headers.get("Retry-After")) || undefined;
+      throw new BrokerError(problem, response.status);
+    }
+    const data = await response.json();
+    const now = Date.now() / 1000;
+    this.generation += 1; // an older refresh still on its way must not replace this token
+    this.inFlight = null;
+    this.current = { token: data.token, expiresAt: now + data.expires_in, receivedAt: now };
+    this.failures = 0;
+    this.schedule(Math.max(1, data.expires_in - this.margin(this.current)));
+    this.onToken({ token: this.current.token, expiresAt: this.current.expiresAt });
+    return {
+      sessionId: data.session_id,
+      status: data.status,
+      collectionId: data.collection_id,
+      token: data.token,
+      expiresAt: this.current.expiresAt,
+      location: response.headers.get("Location"),
+    };
+  }
+
   /** Report a failed refresh and, for a passing failure, schedule the next attempt. */
   failed(error, generation, retryable) {
     if (generation !== this.generation) return error; // stopped meanwhile: stay quiet

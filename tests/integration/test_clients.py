@@ -177,6 +177,40 @@ def test_browser_page_gets_and_refreshes_a_token_across_origins(
     assert videodb.calls  # a real exchange happened behind it
 
 
+def test_browser_page_creates_a_capture_session_across_origins(
+    short_lived_broker: BrokerProcess,
+    page_server: ThreadedServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+) -> None:
+    """The helper's createCaptureSession in real Chromium: the session's id from the broker,
+    created for the verified user with the page's metadata, and its token becomes the one
+    the helper holds and refreshes."""
+    query = urlencode(
+        {
+            "broker": short_lived_broker.url,
+            "id_token": idp.issuers[0].mint("web-recorder", AUDIENCE),
+            "expires_in": "30",
+        }
+    )
+    shown = _page_text(
+        f"{page_server.url}/index.html?{query}",
+        "document.getElementById('status').textContent === 'ready'",
+        then_js="""async () => {
+            const c = window.tokenClient;
+            const options = {metadata: {app: "web"}, wsConnectionId: "ws-1"};
+            const s = await c.createCaptureSession(options);
+            return [s.sessionId, s.status, c.current.token === s.token].join(" ");
+        }""",
+    )
+    session_id, status, held = shown["js"].split(" ")
+    assert session_id.startswith("cap-")
+    assert (status, held) == ("created", "true")
+    sent = [body for method, _, body in videodb.session_calls if method == "POST"]
+    assert sent[-1]["end_user_id"] == "web-recorder"
+    assert sent[-1]["metadata"] == {"app": "web"}
+
+
 def test_browser_page_from_an_unlisted_origin_is_refused(
     short_lived_broker: BrokerProcess, idp: FakeIdentityProvider
 ) -> None:
