@@ -164,7 +164,7 @@ def emit(event: str, **fields: Any) -> None:
 def start_capture(session_id: str | None, token: str) -> None:
     """Start VideoDB's capture client on the session with this token, if the SDK can run."""
     try:
-        from videodb.capture import CaptureClient  # type: ignore[import-not-found]
+        from videodb.capture import CaptureClient  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError:
         emit("videodb_sdk_absent", note='pip install "videodb[capture]" to start capturing')
         return
