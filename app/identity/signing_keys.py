@@ -84,7 +84,7 @@ class SharedSecretKeys:
         return None
 
     async def start(self) -> None:
-        return None
+        metrics.KEYS_LOADED_AT.set(time.time())  # the secret is the key: loaded at start
 
     async def stop(self) -> None:
         return None
@@ -264,6 +264,7 @@ class JwksKeys:
             metrics.KEY_REFRESHES.labels(trigger, "failed").inc()
             raise failure from None
         metrics.KEY_REFRESHES.labels(trigger, "ok").inc()
+        metrics.KEYS_LOADED_AT.set(time.time())
 
     async def _fetch_and_build(self) -> None:
         url = self._jwks_url or await self._discover()

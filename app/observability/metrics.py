@@ -75,6 +75,11 @@ KEY_REFRESHES = Counter(
     "JWKS fetches by trigger and outcome",
     ["trigger", "outcome"],
 )
+KEYS_LOADED_AT = Gauge(
+    "broker_signing_keys_loaded_timestamp_seconds",
+    "When the signing keys were last fetched successfully (epoch seconds; 0: never)",
+    multiprocess_mode="livemin",
+)
 REDIS_UP = Gauge(
     "broker_redis_up",
     "1 when the shared Redis answers (or none is configured), else 0",

@@ -1,10 +1,12 @@
-"""deploy/prometheus/alerts.yaml: valid rules, each alert unit-tested with promtool (it fires
-on a series that should fire it and stays quiet on one that should not), and every broker
-metric the rules name is one a running broker exports, so a renamed metric cannot silently
-blank an alert."""
+"""deploy/prometheus/alerts.yaml and deploy/grafana/videodb-token-broker.json: valid rules,
+each alert unit-tested with promtool (it fires on a series that should fire it and stays
+quiet on one that should not), a dashboard whose every panel queries something, and every
+broker metric either names is one a running broker exports, so a renamed metric cannot
+silently blank an alert or a panel."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -15,7 +17,9 @@ import yaml
 from tests.conftest import Build
 from tests.fakes.redis_server import require_binary
 
-RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+RULES_DIR = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "videodb-token-broker.json"
 SUFFIXES = ("_bucket", "_count", "_sum", "_created")
 
 
@@ -48,7 +52,19 @@ def test_each_alert_fires_when_it_should_and_only_then() -> None:
         assert cases.count(f"alertname: {alert}") >= 2, alert
 
 
-async def test_every_metric_the_rules_name_is_exported(
+def test_every_dashboard_panel_queries_something() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "videodb-token-broker"
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    assert len(titles) == len(set(titles))
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        assert all("broker_" in target["expr"] for target in panel["targets"]), panel["title"]
+    for wanted in ("Cache hit share", "VideoDB latency", "circuit", "Redis", "Signing keys"):
+        assert any(wanted in title for title in titles), wanted
+
+
+async def test_every_metric_the_rules_and_the_dashboard_name_is_exported(
     app_client: Build, network: respx.MockRouter
 ) -> None:
     client = await app_client()
@@ -58,9 +74,13 @@ async def test_every_metric_the_rules_name_is_exported(
         for line in (await client.get("/metrics")).text.splitlines()
         if line.startswith("# TYPE ")
     }
-    rules = (RULES_DIR / "alerts.yaml").read_text()
-    named = set(re.findall(r"\b(broker_[a-z_]+)", rules))
-    assert named  # the rules do name broker metrics
+    for source in (RULES_DIR / "alerts.yaml", DASHBOARD):
+        named = set(re.findall(r"\b(broker_[a-z_]+)", source.read_text()))
+        assert named, source  # each does name broker metrics
+        _assert_exported(named, exported)
+
+
+def _assert_exported(named: set[str], exported: set[str]) -> None:
     for name in named:
         base = next((name.removesuffix(s) for s in SUFFIXES if name.endswith(s)), name)
         assert base in exported or base.removesuffix("_total") in exported, name
