@@ -51,42 +51,20 @@ def demo_settings(videodb_url: str, issuer_url: str, api_key: str) -> Settings:
     )
 
 
+def _curl_post(url: str, bearer: str, body: str) -> str:
+    """A curl POST with the bearer and a JSON body, quoted so that it works as printed."""
+    words = ["-H", f"Authorization: Bearer {bearer}", "-H", "Content-Type: application/json"]
+    return " ".join(["curl", "-sS", "-X", "POST", *map(shlex.quote, [url, *words, "-d", body])])
+
+
 def curl_line(broker_url: str, bearer: str) -> str:
-    """A curl command that mints a token, quoted so that it works as printed."""
-    return " ".join(
-        [
-            "curl",
-            "-sS",
-            "-X",
-            "POST",
-            shlex.quote(f"{broker_url}/v1/capture/session/token"),
-            "-H",
-            shlex.quote(f"Authorization: Bearer {bearer}"),
-            "-H",
-            shlex.quote("Content-Type: application/json"),
-            "-d",
-            shlex.quote('{"expires_in": 600}'),
-        ]
-    )
+    """A curl command that mints a token."""
+    return _curl_post(f"{broker_url}/v1/capture/session/token", bearer, '{"expires_in": 600}')
 
 
 def capture_curl_line(broker_url: str, bearer: str) -> str:
     """A curl command that creates a capture session and prints it with its token."""
-    return " ".join(
-        [
-            "curl",
-            "-sS",
-            "-X",
-            "POST",
-            shlex.quote(f"{broker_url}/v1/capture/sessions"),
-            "-H",
-            shlex.quote(f"Authorization: Bearer {bearer}"),
-            "-H",
-            shlex.quote("Content-Type: application/json"),
-            "-d",
-            shlex.quote('{"metadata": {"app": "demo"}}'),
-        ]
-    )
+    return _curl_post(f"{broker_url}/v1/capture/sessions", bearer, '{"metadata": {"app": "demo"}}')
 
 
 def banner(broker_url: str, bearer: str) -> str:

@@ -19,16 +19,24 @@ def _failure(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"success": False, "message": message, "error_code": code}, status)
 
 
+async def _keyed_json(request: Request, api_key: str) -> object | JSONResponse:
+    """The JSON body of a request carrying the key, or VideoDB's refusal."""
+    if request.headers.get("x-access-token") != api_key:
+        return _failure(401, "Invalid API key", "UNAUTHORIZED")
+    try:
+        body: object = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return _failure(400, "Invalid JSON body", "BAD_REQUEST")
+    return body
+
+
 def stand_in_videodb(api_key: str) -> Starlette:
     """Mint st- tokens for requests carrying `api_key`, as VideoDB would."""
 
     async def create_token(request: Request) -> JSONResponse:
-        if request.headers.get("x-access-token") != api_key:
-            return _failure(401, "Invalid API key", "UNAUTHORIZED")
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError:
-            return _failure(400, "Invalid JSON body", "BAD_REQUEST")
+        body = await _keyed_json(request, api_key)
+        if isinstance(body, JSONResponse):
+            return body
         ttl = body.get("expires_in", UPSTREAM_DEFAULT_TTL) if isinstance(body, dict) else None
         if not isinstance(ttl, int) or ttl <= 0:
             return _failure(400, "expires_in must be a positive integer", "BAD_REQUEST")
@@ -47,12 +55,9 @@ def stand_in_videodb(api_key: str) -> Starlette:
     sessions: dict[str, dict[str, object]] = {}
 
     async def create_session(request: Request) -> JSONResponse:
-        if request.headers.get("x-access-token") != api_key:
-            return _failure(401, "Invalid API key", "UNAUTHORIZED")
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError:
-            return _failure(400, "Invalid JSON body", "BAD_REQUEST")
+        body = await _keyed_json(request, api_key)
+        if isinstance(body, JSONResponse):
+            return body
         if not isinstance(body, dict) or not isinstance(body.get("end_user_id"), str):
             return _failure(400, "end_user_id is required", "BAD_REQUEST")
         session_id = f"cap-{secrets.token_hex(8)}"

@@ -22,7 +22,7 @@ from app.rate_limit import UserRateLimiter
 from app.services import Services, services_of
 from app.settings import Settings
 from app.videodb.answers import SESSION_ID
-from app.web.problems import PROBLEM_CONTENT_TYPE
+from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body
 from app.web.request_context import audit_log
 from app.web.token_endpoint import requested_lifetime
@@ -32,8 +32,6 @@ MAX_BODY_BYTES = 4096
 MAX_METADATA_BYTES = 2048
 WS_CONNECTION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
 _FIELDS = frozenset({"metadata", "ws_connection_id", "expires_in"})
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
 
 router = APIRouter(tags=["capture sessions"])
 
@@ -137,14 +135,7 @@ def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter]:
                 }
             },
         },
-        401: {"description": "missing_token / invalid_token", **_PROBLEM},
-        403: {"description": "insufficient_scope / csrf_failed / origin_not_allowed", **_PROBLEM},
-        413: {"description": "payload_too_large", **_PROBLEM},
-        422: {"description": "invalid_request", **_PROBLEM},
-        429: {"description": "rate_limited", **_PROBLEM},
-        502: {"description": "upstream_error", **_PROBLEM},
-        503: {"description": "upstream_unavailable", **_PROBLEM},
-        504: {"description": "upstream_timeout", **_PROBLEM},
+        **documented_problems(401, 403, 413, 422, 429, 502, 503, 504),
     },
 )
 async def create_capture_session(request: Request) -> Response:
@@ -179,7 +170,7 @@ async def create_capture_session(request: Request) -> Response:
         "expires_at": minted.expires_at,
         "expires_in": max(0, minted.expires_at - int(time.time())),
     }
-    headers = {**_NO_STORE, "Location": f"{SESSIONS_PATH}/{session.session_id}"}
+    headers = {**NO_STORE, "Location": f"{SESSIONS_PATH}/{session.session_id}"}
     return Response(orjson.dumps(body), 201, headers=headers, media_type="application/json")
 
 
@@ -187,15 +178,17 @@ async def create_capture_session(request: Request) -> Response:
     SESSIONS_PATH + "/{session_id}",
     response_model=CaptureSessionView,
     summary="Follow a capture session of the authenticated user",
-    responses={
-        401: {"description": "missing_token / invalid_token", **_PROBLEM},
-        404: {"description": "not_found: no such session of this user", **_PROBLEM},
-        422: {"description": "invalid_request: not a session id", **_PROBLEM},
-        429: {"description": "rate_limited", **_PROBLEM},
-        502: {"description": "upstream_error", **_PROBLEM},
-        503: {"description": "upstream_unavailable", **_PROBLEM},
-        504: {"description": "upstream_timeout", **_PROBLEM},
-    },
+    responses=documented_problems(
+        401,
+        404,
+        422,
+        429,
+        502,
+        503,
+        504,
+        s404="(no such session of this user)",
+        s422="(not a session id)",
+    ),
 )
 async def read_capture_session(request: Request, session_id: str) -> Response:
     """The owner's view of one session; another user's and an unknown one are one 404."""
@@ -206,4 +199,4 @@ async def read_capture_session(request: Request, session_id: str) -> Response:
         raise InvalidRequest("session_id must be 1-128 characters of A-Z a-z 0-9 _ -")
     await services.limiter.check(user.user_id)
     view = await sessions.read(user.user_id, session_id)
-    return Response(orjson.dumps(view), media_type="application/json", headers=_NO_STORE)
+    return Response(orjson.dumps(view), media_type="application/json", headers=NO_STORE)

@@ -20,7 +20,35 @@ from app.web.request_context import current_request_id
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:videodb-token-broker:problem:"
 
+# Answers that must never be kept by a browser or a proxy: they carry tokens.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_PROBLEM_CODES = {
+    401: "missing_token / invalid_token",
+    403: "insufficient_scope / csrf_failed / origin_not_allowed",
+    404: "not_found",
+    413: "payload_too_large",
+    422: "invalid_request",
+    429: "rate_limited",
+    502: "upstream_error",
+    503: "upstream_unavailable",
+    504: "upstream_timeout",
+}
+
 log = structlog.get_logger(logger_name=__name__)
+
+
+def documented_problems(*statuses: int, **notes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these problem statuses, each with its codes (and a note, keyed
+    `s404=...`), rendered as problem+json."""
+    return {
+        status: {
+            "description": " ".join(
+                filter(None, (_PROBLEM_CODES[status], notes.get(f"s{status}")))
+            ),
+            "content": {PROBLEM_CONTENT_TYPE: {}},
+        }
+        for status in statuses
+    }
 
 
 def problem_document(

@@ -17,7 +17,7 @@ from app.errors import BrokerError, InvalidRequest
 from app.observability.fingerprints import fingerprint
 from app.services import Services, services_in, services_of
 from app.settings import Settings
-from app.web.problems import PROBLEM_CONTENT_TYPE, problem_for
+from app.web.problems import NO_STORE, documented_problems, problem_for
 from app.web.request_body import read_body
 from app.web.request_context import AUDIT_SCOPE_KEY
 
@@ -26,7 +26,6 @@ TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
 
 MAX_USER_AGENT_CHARS = 256
 
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 router = APIRouter(tags=["tokens"])
 
 
@@ -71,24 +70,12 @@ def requested_lifetime(document: dict[str, Any], settings: Settings) -> int:
     return ttl
 
 
-_PROBLEM: dict[str, Any] = {"content": {PROBLEM_CONTENT_TYPE: {}}}
-
-
 @router.post(
     TOKEN_PATH,
     response_model=TokenResponse,
     summary="Mint a short-lived VideoDB session token for the authenticated user",
     openapi_extra={"requestBody": {"required": False, "content": {"application/json": {}}}},
-    responses={
-        401: {"description": "missing_token / invalid_token", **_PROBLEM},
-        403: {"description": "insufficient_scope / csrf_failed / origin_not_allowed", **_PROBLEM},
-        413: {"description": "payload_too_large", **_PROBLEM},
-        422: {"description": "invalid_request", **_PROBLEM},
-        429: {"description": "rate_limited", **_PROBLEM},
-        502: {"description": "upstream_error", **_PROBLEM},
-        503: {"description": "upstream_unavailable", **_PROBLEM},
-        504: {"description": "upstream_timeout", **_PROBLEM},
-    },
+    responses=documented_problems(401, 403, 413, 422, 429, 502, 503, 504),
 )
 async def create_session_token(request: Request) -> Response:
     """Authenticate the end user, then return a session token bound to them."""
@@ -149,7 +136,7 @@ async def serve_token(request: Request, services: Services) -> Response:
     body = orjson.dumps(
         {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in}
     )
-    return Response(body, media_type="application/json", headers=_NO_STORE)
+    return Response(body, media_type="application/json", headers=NO_STORE)
 
 
 def document_token_endpoint(app: FastAPI, settings: Settings) -> None:
