@@ -102,7 +102,12 @@ def creation_request(
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise InvalidRequest("metadata must be a JSON object.")
-        compact = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+        try:  # NaN and Infinity parse, but are no JSON VideoDB could read
+            compact = json.dumps(
+                metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except ValueError:
+            raise InvalidRequest("metadata must be plain JSON (no NaN or Infinity).") from None
         if len(compact) > MAX_METADATA_BYTES:
             raise InvalidRequest(f"metadata may hold at most {MAX_METADATA_BYTES} bytes of JSON.")
     return ttl, ws_connection_id, metadata
