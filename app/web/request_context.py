@@ -25,7 +25,7 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
 )
 
-# Where the token endpoint leaves the audit fields of the token it issued (routes_token.py).
+# Where the token endpoint leaves the audit fields of the token it issued (token_endpoint.py).
 AUDIT_SCOPE_KEY = "videodb_token_broker.audit"
 
 access_log = structlog.get_logger(logger_name="app.access")
