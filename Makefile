@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml requirements-dev.lock
 
 install: $(STAMP) ## create .venv and install the broker with its dev tools
 
-demo: $(STAMP) ## run the sandbox: stand-in VideoDB, dev issuer, printed curl line
-	$(BIN)/token-broker demo $(if $(PORT),--port $(PORT),)
+demo: $(STAMP) ## run the sandbox: stand-in VideoDB, dev issuer, printed curl line (PROVIDERS=2: two issuers)
+	$(BIN)/token-broker demo $(if $(PORT),--port $(PORT),) $(if $(PROVIDERS),--providers $(PROVIDERS),)
 
 serve: $(STAMP) ## run the production server with settings from the environment / .env
 	$(BIN)/token-broker serve

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from app.identity.provider_config import ProviderConfig
 from app.observability.logs import configure_logging, uvicorn_log_config
 from app.settings import ConfigError, Settings, load_settings
 from app.web.server_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
@@ -65,20 +66,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_keys(settings: Settings) -> tuple[bool, str]:
+async def _check_keys(settings: Settings) -> list[tuple[bool, str]]:
+    """One line per identity provider: its keys loaded, or why not."""
     import httpx
 
     from app.identity.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=3.0)) as client:
-        keys = signing_keys_for(settings, client)
+    async def one(client: httpx.AsyncClient, provider: ProviderConfig) -> tuple[bool, str]:
+        keys = signing_keys_for(provider, client)
+        where = f"signing_keys [{provider.label}]"
         if isinstance(keys, JwksKeys):
             try:
                 await keys.load_once()
             except KeyFetchError as exc:
-                return False, f"signing_keys: {exc}"
+                return False, f"{where}: {exc}"
         count = sum(len(algs) for algs in keys.ring.values())
-        return True, f"signing_keys: {count} key(s) from {keys.describe()}"
+        return True, f"{where}: {count} key(s) from {keys.describe()}"
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=3.0)) as client:
+        return list(await asyncio.gather(*(one(client, p) for p in settings.identity_providers)))
 
 
 def _check(_: argparse.Namespace) -> int:
@@ -88,7 +94,7 @@ def _check(_: argparse.Namespace) -> int:
         print(f"FAIL configuration: {exc}")
         return 1
     results = [(True, f"configuration: valid ({settings.key_source} keys)")]
-    results.append(asyncio.run(_check_keys(settings)))
+    results.extend(asyncio.run(_check_keys(settings)))
     for label, path in (("tls_cert", settings.tls_cert_file), ("tls_key", settings.tls_key_file)):
         if path:
             readable = os.access(path, os.R_OK)
@@ -103,7 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     configure_logging("INFO", "console")
     try:
-        asyncio.run(run_demo(args.port))
+        asyncio.run(run_demo(args.port, args.providers))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -140,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
     demo = commands.add_parser("demo", help="a local sandbox: no account, no identity provider")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--providers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: two development issuers, configured as BROKER_AUTH_ISSUERS",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -16,7 +16,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app import __version__
 from app.capture.service import CaptureSessions
 from app.identity.authenticator import Authenticator
-from app.identity.signing_keys import signing_keys_for
+from app.identity.providers import IdentityProviders
 from app.observability.logs import configure_logging
 from app.rate_limit import UserRateLimiter
 from app.services import Services
@@ -78,7 +78,7 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         upstream_http = build_http_client(settings.upstream_timeout)
         idp_http = httpx.AsyncClient(timeout=IDP_TIMEOUT, follow_redirects=False)
-        keys = signing_keys_for(settings, idp_http)
+        identity = IdentityProviders.from_configs(settings.identity_providers, idp_http)
         videodb = VideoDBClient(
             upstream_http,
             settings.videodb_api_key,
@@ -105,10 +105,10 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
         capture_on = settings.capture_sessions_on
         services = Services(
             settings=settings,
-            signing_keys=keys,
+            identity=identity,
             breaker=breaker,
             shared_state=shared,
-            authenticator=Authenticator(settings, keys),
+            authenticator=Authenticator(settings, identity),
             limiter=UserRateLimiter(settings.rate_limit, shared, redis_url),
             tokens=tokens,
             capture=(
@@ -128,20 +128,20 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
                 else None
             ),
         )
-        await keys.start()
+        await identity.start()
         if shared is not None and not await shared.ping():
             log.warning("redis_unreachable_at_start", fallback="in-process cache and limits")
         log.info(
             "broker_started",
             version=__version__,
-            key_source=keys.describe(),
+            key_source=identity.describe(),
             upstream=settings.videodb_api,
         )
         freeze_start_up_objects()
         try:
             yield {"services": services}
         finally:
-            await keys.stop()
+            await identity.stop()
             if shared is not None:
                 await shared.close()
             await upstream_http.aclose()

@@ -9,7 +9,7 @@ from starlette.types import Scope
 
 from app.capture.service import CaptureSessions
 from app.identity.authenticator import Authenticator
-from app.identity.signing_keys import SigningKeys
+from app.identity.providers import IdentityProviders
 from app.rate_limit import UserRateLimiter
 from app.settings import Settings
 from app.shared_state import SharedState
@@ -24,7 +24,7 @@ class Services:
     """Everything that lives as long as the app: built once by the lifespan, closed by it."""
 
     settings: Settings
-    signing_keys: SigningKeys
+    identity: IdentityProviders
     breaker: CircuitBreaker
     shared_state: SharedState | None
     authenticator: Authenticator

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+from collections.abc import Callable
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -16,10 +18,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-JWKS_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+from app.identity.provider_config import (
+    JWKS_ALGORITHMS,
+    SHARED_SECRET_ALGORITHM,
+    USER_ID_PREFIX_PATTERN,
+    IssuerEntry,
+    ProviderConfig,
 )
-SHARED_SECRET_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name
+from app.urls import require_secure_url
+
 MIN_SHARED_SECRET_BYTES = 32
 MIN_KEY_CHARS = 8  # 'sk-' and a little: real keys are far longer; this catches 'sk-' alone
 _SENDABLE_MIN, _SENDABLE_MAX = 0x21, 0x7E  # visible ASCII: what an HTTP header value can carry
@@ -30,34 +37,6 @@ CommaList = Annotated[list[str], NoDecode]
 
 class ConfigError(Exception):
     """A configuration rule is broken; the message names the variable and the rule only."""
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for localhost and loopback addresses, where plain HTTP is tolerated."""
-    if not host:
-        return False
-    if host.lower() in {"localhost", "localhost."} or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def require_secure_url(value: str) -> str:
-    """Refuse anything but https://, except for loopback hosts."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - parsed for its ValueError on a port that is no port
-    except ValueError:
-        raise ValueError("must be an absolute http(s) URL") from None
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials in the URL")
-    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
-        raise ValueError("must use https:// (plain http is allowed for loopback hosts only)")
-    return value
 
 
 def _split_commas(value: object) -> object:
@@ -85,13 +64,15 @@ class Settings(BaseSettings):
 
     auth_jwks_url: str | None = None
     auth_issuer: str | None = None
-    auth_audience: str = Field(min_length=1)
+    auth_audience: str | None = Field(default=None, min_length=1)
     auth_algorithms: CommaList = Field(default_factory=lambda: ["RS256"])
     auth_hs256_secret: SecretStr | None = None
     auth_user_claim: str = Field(default="sub", min_length=1, max_length=128)
     auth_required_scopes: CommaList = Field(default_factory=list)
     auth_leeway_seconds: int = Field(default=30, ge=0, le=300)
     auth_cookie_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    auth_user_id_prefix: str = Field(default="", pattern=USER_ID_PREFIX_PATTERN)
+    auth_issuers: Annotated[list[IssuerEntry] | None, NoDecode] = None
 
     token_default_ttl: int = Field(default=900, gt=0)
     token_min_ttl: int = Field(default=60, gt=0)
@@ -127,6 +108,21 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("auth_issuers", mode="before")
+    @classmethod
+    def _issuers_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None  # an empty variable (a compose file's ${X:-}) is an unset one
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ValueError("is not JSON (a JSON array of provider objects)") from None
+        if not isinstance(parsed, list):
+            raise ValueError("must be a JSON array of provider objects")
+        return parsed
 
     @field_validator("capture_sessions", mode="before")
     @classmethod
@@ -249,6 +245,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Settings:
+        if self.auth_issuers is None:
+            self._single_issuer_rules()
+        else:
+            self._issuer_list_rules(self.auth_issuers)
+        if not self.token_min_ttl <= self.token_default_ttl <= self.token_max_ttl:
+            raise ValueError(
+                "BROKER_TOKEN_DEFAULT_TTL must lie between BROKER_TOKEN_MIN_TTL and "
+                "BROKER_TOKEN_MAX_TTL"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
+        return self
+
+    def _single_issuer_rules(self) -> None:
+        if not self.auth_audience:
+            raise ValueError("BROKER_AUTH_AUDIENCE: is required")
         secret_mode = self.auth_hs256_secret is not None
         if secret_mode and self.auth_jwks_url:
             raise ValueError(
@@ -258,7 +270,7 @@ class Settings(BaseSettings):
         if not secret_mode and not self.auth_jwks_url and not self.auth_issuer:
             raise ValueError(
                 "no source of signing keys: set BROKER_AUTH_JWKS_URL, BROKER_AUTH_ISSUER "
-                "(OIDC discovery) or BROKER_AUTH_HS256_SECRET"
+                "(OIDC discovery), BROKER_AUTH_HS256_SECRET or BROKER_AUTH_ISSUERS"
             )
         if not self.auth_algorithms:
             raise ValueError("BROKER_AUTH_ALGORITHMS: at least one algorithm is required")
@@ -275,14 +287,55 @@ class Settings(BaseSettings):
                     "BROKER_AUTH_ALGORITHMS: with a JWKS only RS*, PS* and ES* algorithms "
                     f"are allowed ({', '.join(sorted(JWKS_ALGORITHMS))})"
                 )
-        if not self.token_min_ttl <= self.token_default_ttl <= self.token_max_ttl:
+
+    def _issuer_list_rules(self, providers: list[IssuerEntry]) -> None:
+        mixed = sorted(_SINGLE_ISSUER_FIELDS & self.model_fields_set)
+        if mixed:
+            names = ", ".join(env_name(field) for field in mixed)
             raise ValueError(
-                "BROKER_TOKEN_DEFAULT_TTL must lie between BROKER_TOKEN_MIN_TTL and "
-                "BROKER_TOKEN_MAX_TTL"
+                f"BROKER_AUTH_ISSUERS replaces {names}: set each provider's values in the "
+                "list and unset the single-issuer variables"
             )
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
-        return self
+        if not providers:
+            raise ValueError("BROKER_AUTH_ISSUERS: the list is empty; name at least one provider")
+        _distinct(providers, lambda p: p.issuer, "issuer", "each issuer may appear once")
+        _distinct(providers, lambda p: p.label, "name", "give each provider its own 'name'")
+        if len(providers) < 2:
+            return
+        prefixes = [p.user_id_prefix for p in providers]
+        if not all(prefixes):
+            raise ValueError(
+                "BROKER_AUTH_ISSUERS: with several providers each needs a non-empty "
+                "user_id_prefix, so that one 'sub' at two providers is two VideoDB users"
+            )
+        for i, first in enumerate(prefixes):
+            for j, second in enumerate(prefixes):
+                if i != j and second.startswith(first):
+                    raise ValueError(
+                        "BROKER_AUTH_ISSUERS: user_id_prefix values must be distinct and none "
+                        f"may begin another ('{first}' begins '{second}'): users could collide"
+                    )
+
+    @property
+    def identity_providers(self) -> list[ProviderConfig]:
+        """Every trusted provider, in either configuration style."""
+        if self.auth_issuers is not None:
+            return list(self.auth_issuers)
+        assert self.auth_audience is not None  # checked by the single-issuer rules
+        return [
+            ProviderConfig.model_construct(
+                issuer=self.auth_issuer,
+                audience=self.auth_audience,
+                jwks_url=self.auth_jwks_url,
+                algorithms=list(self.auth_algorithms),
+                user_claim=self.auth_user_claim,
+                user_id_prefix=self.auth_user_id_prefix,
+                audience_claim="aud",
+                required_scopes=list(self.auth_required_scopes),
+                hs256_secret=self.auth_hs256_secret,
+                name=None,
+            )
+        ]
 
     @property
     def capture_sessions_on(self) -> bool:
@@ -290,11 +343,36 @@ class Settings(BaseSettings):
         return self.capture_sessions == "on"
 
     @property
-    def key_source(self) -> Literal["jwks", "discovery", "shared_secret"]:
-        """Where signing keys come from."""
-        if self.auth_hs256_secret is not None:
-            return "shared_secret"
-        return "jwks" if self.auth_jwks_url else "discovery"
+    def key_source(self) -> str:
+        """Where signing keys come from, for `token-broker check` and the start-up log."""
+        if self.auth_issuers is not None:
+            return f"{len(self.auth_issuers)} provider(s)"
+        return self.identity_providers[0].key_source
+
+
+_SINGLE_ISSUER_FIELDS = frozenset(
+    {
+        "auth_jwks_url",
+        "auth_issuer",
+        "auth_audience",
+        "auth_hs256_secret",
+        "auth_algorithms",
+        "auth_user_claim",
+        "auth_required_scopes",
+        "auth_user_id_prefix",
+    }
+)
+
+
+def _distinct(
+    providers: list[IssuerEntry], key: Callable[[IssuerEntry], object], what: str, hint: str
+) -> None:
+    seen: set[object] = set()
+    for provider in providers:
+        value = key(provider)
+        if value in seen:
+            raise ValueError(f"BROKER_AUTH_ISSUERS: two providers share one {what} ({hint})")
+        seen.add(value)
 
 
 _ENV_NAMES = {
@@ -317,13 +395,23 @@ def env_name(field: str) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming the variable and the rule; never the value."""
     first = exc.errors(include_input=False, include_url=False)[0]
-    loc = [str(part) for part in first["loc"] if not isinstance(part, int)]
+    loc = [str(part) for part in first["loc"]]
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "missing":
         message = "is required"
+    elif first["type"] == "extra_forbidden":
+        message = "is not a setting a provider has"
     if not loc:
         return message
-    return f"{env_name(loc[0])}: {message}"
+    where = env_name(loc[0])
+    if len(loc) > 1 and loc[1].isdigit():  # inside BROKER_AUTH_ISSUERS: which provider, which key
+        where += f": provider {int(loc[1]) + 1}"
+        detail = [part for part in loc[2:] if not part.isdigit()]
+        if not detail:
+            return f"{where}: {message}"
+        # our own rules read on from the name ("issuer must use"); pydantic's are sentences
+        return f"{where}: {detail[0]}{' ' if message[:1].islower() else ': '}{message}"
+    return f"{where}: {message}"
 
 
 def load_settings(**overrides: object) -> Settings:

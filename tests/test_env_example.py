@@ -6,7 +6,9 @@ import re
 import shutil
 from pathlib import Path
 
-from app.settings import Settings, env_name, load_settings
+import pytest
+
+from app.settings import ConfigError, Settings, env_name, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
 
@@ -28,3 +30,40 @@ def test_example_loads_as_is() -> None:
     settings = load_settings()
     assert settings.key_source == "jwks"
     assert settings.auth_required_scopes == []
+
+
+def test_the_several_providers_example_loads_once_uncommented() -> None:
+    replaced = {
+        "BROKER_AUTH_JWKS_URL",
+        "BROKER_AUTH_ISSUER",
+        "BROKER_AUTH_AUDIENCE",
+        "BROKER_AUTH_ALGORITHMS",
+        "BROKER_AUTH_USER_CLAIM",
+        "BROKER_AUTH_REQUIRED_SCOPES",
+    }
+    lines = []
+    in_list = False
+    for line in EXAMPLE.read_text().splitlines():
+        if line.split("=", 1)[0] in replaced:
+            continue  # as the comment says: the single-issuer lines go
+        if line.startswith("# BROKER_AUTH_ISSUERS="):
+            in_list = True
+        if in_list:
+            lines.append(line.removeprefix("# "))
+            in_list = not line.endswith("]'")
+        else:
+            lines.append(line)
+    Path(".env").write_text("\n".join(lines) + "\n")
+    providers = load_settings().identity_providers
+    assert [(p.label, p.audience_claim, p.user_id_prefix) for p in providers] == [
+        ("web", "aud", "web:"),
+        ("desktop", "client_id", "desktop:"),
+    ]
+
+
+def test_the_several_providers_example_beside_the_single_issuer_lines_is_refused() -> None:
+    text = EXAMPLE.read_text()
+    text += '\nBROKER_AUTH_ISSUERS=\'[{"issuer": "https://a.example", "audience": "x"}]\'\n'
+    Path(".env").write_text(text)
+    with pytest.raises(ConfigError, match=r"^BROKER_AUTH_ISSUERS replaces BROKER_AUTH_ALGORITHMS"):
+        load_settings()

@@ -21,12 +21,13 @@ from app.errors import (
 )
 from app.identity import jwt as jwt_verification
 from app.identity.jwt import TokenRejected
-from app.identity.signing_keys import SigningKeys
+from app.identity.providers import IdentityProviders, Provider
 from app.observability import metrics
 from app.observability.fingerprints import fingerprint
 from app.settings import Settings
 
-MAX_USER_ID_CHARS = 256
+MAX_USER_ID_CHARS = 256  # the claim's value; a provider's prefix (32 at most) comes before it
+NO_PROVIDER = "none"  # the metrics label of a refusal before the token named a provider
 VERIFIED_CACHE_ENTRIES = 10_000
 VERIFIED_CACHE_MAX_SECONDS = 300.0
 
@@ -40,6 +41,7 @@ class Principal:
     user_id: str
     scopes: frozenset[str]
     via_cookie: bool
+    provider: str = ""
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
@@ -66,6 +68,7 @@ def _usable_user_id(value: object) -> bool:
 class _Verified:
     user_id: str
     scopes: frozenset[str]
+    provider: int
     generation: int
     valid_until: float
 
@@ -75,8 +78,8 @@ class VerifiedTokens:
 
     Desktop apps present the same JWT on every call; verifying its RSA signature and claims
     again each time was the largest cost of a cache hit (docs/performance.md). An entry is
-    void once the keys change (a new generation), so a key the IdP withdrew stops working at
-    the next fetch.
+    void once its provider's keys change (a new generation), so a key the IdP withdrew stops
+    working at the next fetch.
     """
 
     def __init__(self, max_entries: int = VERIFIED_CACHE_ENTRIES) -> None:
@@ -84,9 +87,13 @@ class VerifiedTokens:
             maxsize=max_entries, ttu=lambda _k, v, _now: v.valid_until, timer=time.time
         )
 
-    def get(self, token: str, generation: int) -> _Verified | None:
+    def get(self, token: str, providers: IdentityProviders) -> _Verified | None:
         found = self._entries.get(hashlib.sha256(token.encode()).digest())
-        if found is None or found.generation != generation or time.time() >= found.valid_until:
+        if (
+            found is None
+            or found.generation != providers[found.provider].keys.generation
+            or time.time() >= found.valid_until
+        ):
             return None
         return found
 
@@ -114,12 +121,10 @@ def _only_cookie(request: Request, name: str) -> str | None:
 class Authenticator:
     """Reads the credential, checks it against the signing keys and the configured claims."""
 
-    def __init__(self, settings: Settings, keys: SigningKeys) -> None:
+    def __init__(self, settings: Settings, providers: IdentityProviders) -> None:
         self._settings = settings
-        self._keys = keys
+        self._providers = providers
         self._verified = VerifiedTokens()
-        self._allowed = frozenset(settings.auth_algorithms)
-        self._required_scopes = frozenset(settings.auth_required_scopes)
         self._allowed_origins = frozenset(settings.cors_origins)
 
     def _credential(self, request: Request) -> tuple[str, bool]:
@@ -145,21 +150,29 @@ class Authenticator:
             raise OriginNotAllowed("This origin may not use cookie credentials.")
         return cookie, True
 
-    async def _verify(self, token: str) -> dict[str, Any]:
+    def _provider_for(self, token: str) -> tuple[Provider, jwt_verification.TokenHeader]:
         header = jwt_verification.read_header(token)
-        key = jwt_verification.select_key(self._keys.ring, header, self._allowed)
+        return self._providers.route(jwt_verification.read_unverified_issuer(token)), header
+
+    async def _verify(
+        self, token: str, provider: Provider, header: jwt_verification.TokenHeader
+    ) -> dict[str, Any]:
+        keys = provider.keys
+        key = jwt_verification.select_key(keys.ring, header, provider.allowed)
         if key is None:
-            await self._keys.refresh_for_unknown_kid()
-            key = jwt_verification.select_key(self._keys.ring, header, self._allowed)
+            await keys.refresh_for_unknown_kid()
+            key = jwt_verification.select_key(keys.ring, header, provider.allowed)
         if key is None:
             raise TokenRejected("unknown_key", "token was not signed by a known key")
+        config = provider.config
         return jwt_verification.decode(
             token,
             key,
             header,
-            audience=self._settings.auth_audience,
-            issuer=self._settings.auth_issuer,
+            audience=config.audience,
+            issuer=config.issuer,
             leeway=self._settings.auth_leeway_seconds,
+            audience_claim=config.audience_claim,
         )
 
     async def authenticate(self, request: Request) -> Principal:
@@ -167,43 +180,55 @@ class Authenticator:
         try:
             token, via_cookie = self._credential(request)
         except BrokerError as exc:
-            metrics.IDENTITY_FAILURES.labels(exc.code).inc()
+            metrics.IDENTITY_FAILURES.labels(NO_PROVIDER, exc.code).inc()
             raise
-        generation = self._keys.generation
-        known = self._verified.get(token, generation)
+        known = self._verified.get(token, self._providers)
         if known is not None:
-            return Principal(known.user_id, known.scopes, via_cookie)
-        return self._principal(token, await self._claims(token), generation, via_cookie)
-
-    async def _claims(self, token: str) -> dict[str, Any]:
+            label = self._providers[known.provider].label
+            return Principal(known.user_id, known.scopes, via_cookie, label)
+        label = NO_PROVIDER
         try:
-            return await self._verify(token)
+            provider, header = self._provider_for(token)
+            label = provider.label
+            generation = provider.keys.generation
+            claims = await self._verify(token, provider, header)
         except TokenRejected as exc:
-            log.info("identity_rejected", reason=exc.reason, jwt=fingerprint(token))
-            metrics.IDENTITY_FAILURES.labels(exc.reason).inc()
+            log.info("identity_rejected", reason=exc.reason, provider=label, jwt=fingerprint(token))
+            metrics.IDENTITY_FAILURES.labels(label, exc.reason).inc()
             raise InvalidToken(exc.detail) from None
+        return self._principal(token, claims, provider, generation, via_cookie)
 
     def _principal(
-        self, token: str, claims: dict[str, Any], generation: int, via_cookie: bool
+        self,
+        token: str,
+        claims: dict[str, Any],
+        provider: Provider,
+        generation: int,
+        via_cookie: bool,
     ) -> Principal:
-        claim = self._settings.auth_user_claim
-        user_id = claims.get(claim)
-        if not _usable_user_id(user_id):
-            log.info("identity_rejected", reason="user_claim", jwt=fingerprint(token))
-            metrics.IDENTITY_FAILURES.labels("user_claim").inc()
+        config, label = provider.config, provider.label
+        claim = config.user_claim
+        value = claims.get(claim)
+        if not _usable_user_id(value):
+            log.info(
+                "identity_rejected", reason="user_claim", provider=label, jwt=fingerprint(token)
+            )
+            metrics.IDENTITY_FAILURES.labels(label, "user_claim").inc()
             raise InvalidToken(f"token has no usable '{claim}' claim (a non-empty string)")
-        assert isinstance(user_id, str)
+        assert isinstance(value, str)
+        user_id = config.user_id_prefix + value
         scopes = _scopes(claims)
-        missing = self._required_scopes - scopes
+        missing = provider.required_scopes - scopes
         if missing:
-            log.info("identity_forbidden", reason="scope", user_id=user_id)
-            metrics.IDENTITY_FAILURES.labels("scope").inc()
+            log.info("identity_forbidden", reason="scope", provider=label, user_id=user_id)
+            metrics.IDENTITY_FAILURES.labels(label, "scope").inc()
             raise InsufficientScope(
-                "token lacks a required scope", " ".join(sorted(self._required_scopes))
+                "token lacks a required scope", " ".join(sorted(provider.required_scopes))
             )
         valid_until = min(
             float(claims["exp"]) + self._settings.auth_leeway_seconds,
             time.time() + VERIFIED_CACHE_MAX_SECONDS,
         )
-        self._verified.put(token, _Verified(user_id, scopes, generation, valid_until))
-        return Principal(user_id=user_id, scopes=scopes, via_cookie=via_cookie)
+        verified = _Verified(user_id, scopes, provider.index, generation, valid_until)
+        self._verified.put(token, verified)
+        return Principal(user_id=user_id, scopes=scopes, via_cookie=via_cookie, provider=label)

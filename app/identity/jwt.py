@@ -194,6 +194,22 @@ def read_header(token: str) -> TokenHeader:
     return TokenHeader(alg=alg, kid=kid)
 
 
+def read_unverified_issuer(token: str) -> str | None:
+    """The `iss` a token claims, before any check: used only to choose whose rules apply.
+
+    Nothing is trusted from it: the provider it names then verifies the signature and the
+    `iss` again. Call after `read_header`, which bounds the size and the shape.
+    """
+    try:
+        claims = _b64_json(token.split(".")[1])
+    except (ValueError, UnicodeError, binascii.Error, IndexError, RecursionError):
+        raise TokenRejected("malformed", "token payload is not base64url JSON") from None
+    if not isinstance(claims, dict):
+        raise TokenRejected("malformed", "token payload is not a JSON object")
+    issuer = claims.get("iss")
+    return issuer if isinstance(issuer, str) else None
+
+
 def select_key(ring: KeyRing, header: TokenHeader, allowed: frozenset[str]) -> Any | None:
     """The one key this token may be checked with, or None when the kid is unknown."""
     if header.alg not in allowed:
@@ -219,18 +235,31 @@ def decode(
     audience: str,
     issuer: str | None,
     leeway: int,
+    audience_claim: str = "aud",
 ) -> dict[str, Any]:
-    """Verify signature and claims with exactly one algorithm and one pre-built key."""
+    """Verify signature and claims with exactly one algorithm and one pre-built key.
+
+    The audience is `aud` (a string or a list holding it), or, for providers that put it
+    elsewhere, `client_id` (Amazon Cognito access tokens) or `azp`: then that claim must be
+    exactly the audience and `aud` is not read.
+    """
+    in_aud = audience_claim == "aud"
     options = {
         "require_exp": True,
-        "require_aud": True,
+        "require_aud": in_aud,
+        "verify_aud": in_aud,
         "require_iss": issuer is not None,
         "verify_at_hash": False,
         "leeway": leeway,
     }
     try:
         claims = jwt.decode(
-            token, key, algorithms=[header.alg], audience=audience, issuer=issuer, options=options
+            token,
+            key,
+            algorithms=[header.alg],
+            audience=audience if in_aud else None,
+            issuer=issuer,
+            options=options,
         )
     except Exception as exc:  # any failure inside the library is a rejection
         raise _rejection(exc) from None
@@ -243,8 +272,10 @@ def decode(
             if number is None:
                 raise TokenRejected("claims", f"claim {name} is not a plausible number")
             times[name] = number
-    if "exp" not in times or "aud" not in claims:
-        raise TokenRejected("claims", "token must carry exp and aud")
+    if "exp" not in times or audience_claim not in claims:
+        raise TokenRejected("claims", f"token must carry exp and {audience_claim}")
+    if not in_aud and claims[audience_claim] != audience:
+        raise TokenRejected("audience", f"token {audience_claim} does not match the audience")
     claims["exp"] = times["exp"]  # what the caller reads: a float, never an unbounded int
     # python-jose checks only that iat is a number; the leeway covers it like exp and nbf.
     if "iat" in times and times["iat"] > time.time() + leeway:

@@ -14,8 +14,9 @@ import httpx
 import structlog
 
 from app.identity.jwt import KeyRing, build_key_ring, build_shared_secret_ring
+from app.identity.provider_config import ProviderConfig
 from app.observability import metrics
-from app.settings import Settings, require_secure_url
+from app.urls import require_secure_url
 
 MAX_DOCUMENT_BYTES = 512 * 1024
 # One fetch of a discovery document or JWKS, whole: a provider trickling bytes in under every
@@ -64,8 +65,9 @@ class SigningKeys(Protocol):
 class SharedSecretKeys:
     """HS256 with one secret: always ready, nothing to fetch."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, provider: str = "shared-secret") -> None:
         self._ring = build_shared_secret_ring(secret)
+        self._provider = provider
 
     @property
     def ready(self) -> bool:
@@ -84,7 +86,8 @@ class SharedSecretKeys:
         return None
 
     async def start(self) -> None:
-        metrics.KEYS_LOADED_AT.set(time.time())  # the secret is the key: loaded at start
+        # the secret is the key: loaded at start
+        metrics.KEYS_LOADED_AT.labels(self._provider).set(time.time())
 
     async def stop(self) -> None:
         return None
@@ -125,7 +128,7 @@ class JwksKeys:
 
     def __init__(
         self,
-        settings: Settings,
+        provider: ProviderConfig,
         client: httpx.AsyncClient,
         *,
         refresh_interval: float = 300.0,
@@ -134,9 +137,10 @@ class JwksKeys:
         fetch_deadline: float = FETCH_DEADLINE_S,
         unknown_kid_wait: float = UNKNOWN_KID_WAIT_S,
     ) -> None:
-        self._configured_jwks_url = settings.auth_jwks_url
-        self._issuer = settings.auth_issuer
-        self._allowed = frozenset(settings.auth_algorithms)
+        self._configured_jwks_url = provider.jwks_url
+        self._issuer = provider.issuer
+        self._provider = provider.label
+        self._allowed = frozenset(provider.algorithms)
         self._client = client
         self._refresh_interval = refresh_interval
         self._cooldown = unknown_kid_cooldown
@@ -174,7 +178,7 @@ class JwksKeys:
 
     async def start(self) -> None:
         """Begin loading keys in the background; readiness follows the first success."""
-        self._task = asyncio.create_task(self._keep_fresh(), name="jwks-refresh")
+        self._task = asyncio.create_task(self._keep_fresh(), name=f"jwks-refresh-{self._provider}")
 
     async def stop(self) -> None:
         for task in (self._task, self._unknown_kid_fetch):
@@ -211,7 +215,12 @@ class JwksKeys:
             try:
                 await self._fetch("unknown_kid")
             except KeyFetchError as exc:
-                log.warning("jwks_refresh_failed", trigger="unknown_kid", error=str(exc))
+                log.warning(
+                    "jwks_refresh_failed",
+                    provider=self._provider,
+                    trigger="unknown_kid",
+                    error=str(exc),
+                )
 
     async def _keep_fresh(self) -> None:
         """Fetch on schedule for as long as the broker runs; a failure, whatever its cause,
@@ -225,6 +234,7 @@ class JwksKeys:
             except KeyFetchError as exc:
                 log.warning(
                     "jwks_refresh_failed",
+                    provider=self._provider,
                     trigger="schedule",
                     error=str(exc),
                     keys_held=bool(self._ring),
@@ -261,10 +271,10 @@ class JwksKeys:
                 else KeyFetchError(f"unusable answer ({type(exc).__name__})")
             )
             self._last_error = str(failure)
-            metrics.KEY_REFRESHES.labels(trigger, "failed").inc()
+            metrics.KEY_REFRESHES.labels(self._provider, trigger, "failed").inc()
             raise failure from None
-        metrics.KEY_REFRESHES.labels(trigger, "ok").inc()
-        metrics.KEYS_LOADED_AT.set(time.time())
+        metrics.KEY_REFRESHES.labels(self._provider, trigger, "ok").inc()
+        metrics.KEYS_LOADED_AT.labels(self._provider).set(time.time())
 
     async def _fetch_and_build(self) -> None:
         url = self._jwks_url or await self._discover()
@@ -274,7 +284,7 @@ class JwksKeys:
         except ValueError as exc:
             raise KeyFetchError(str(exc)) from None
         if not ring:
-            raise KeyFetchError("JWKS holds no key usable with BROKER_AUTH_ALGORITHMS")
+            raise KeyFetchError("JWKS holds no key usable with the allowed algorithms")
         if self._configured_jwks_url is None:
             self._jwks_url = url
         # The document as published, not the kids: a key replaced under the same kid is a
@@ -287,11 +297,18 @@ class JwksKeys:
         if changed:
             self._document_digest = digest
             self._generation += 1
-            log.info("jwks_loaded", keys=len(ring), skipped=skipped, kids=sorted(map(str, ring)))
+            log.info(
+                "jwks_loaded",
+                provider=self._provider,
+                keys=len(ring),
+                skipped=skipped,
+                kids=sorted(map(str, ring)),
+            )
 
 
-def signing_keys_for(settings: Settings, client: httpx.AsyncClient) -> SigningKeys:
-    """The key source the settings ask for."""
-    if settings.auth_hs256_secret is not None:
-        return SharedSecretKeys(settings.auth_hs256_secret.get_secret_value().encode())
-    return JwksKeys(settings, client)
+def signing_keys_for(provider: ProviderConfig, client: httpx.AsyncClient) -> SigningKeys:
+    """The key source this provider's settings ask for."""
+    if provider.hs256_secret is not None:
+        secret = provider.hs256_secret.get_secret_value().encode()
+        return SharedSecretKeys(secret, provider.label)
+    return JwksKeys(provider, client)

@@ -54,7 +54,9 @@ CAPTURE_SESSIONS = Counter(
     ["outcome"],
 )
 IDENTITY_FAILURES = Counter(
-    "broker_identity_failures_total", "Refused credentials by reason", ["reason"]
+    "broker_identity_failures_total",
+    "Refused credentials by identity provider ('none' before one is known) and reason",
+    ["provider", "reason"],
 )
 RATE_LIMITED = Counter("broker_rate_limited_total", "Requests refused by the per-user limit")
 CONNECTIONS_REFUSED = Counter(
@@ -72,12 +74,13 @@ CIRCUIT_STATE = Gauge(
 )
 KEY_REFRESHES = Counter(
     "broker_signing_key_refreshes_total",
-    "JWKS fetches by trigger and outcome",
-    ["trigger", "outcome"],
+    "JWKS fetches by identity provider, trigger and outcome",
+    ["provider", "trigger", "outcome"],
 )
 KEYS_LOADED_AT = Gauge(
     "broker_signing_keys_loaded_timestamp_seconds",
-    "When the signing keys were last fetched successfully (epoch seconds; 0: never)",
+    "When each provider's signing keys were last fetched successfully (epoch seconds)",
+    ["provider"],
     multiprocess_mode="livemin",
 )
 REDIS_UP = Gauge(

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import secrets
 import shlex
+from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
@@ -37,18 +39,40 @@ class DemoSettings(Settings):
         return (init_settings,)
 
 
-def demo_settings(videodb_url: str, issuer_url: str, api_key: str) -> Settings:
-    """The broker's settings for the sandbox."""
-    return DemoSettings(
-        videodb_api_key=SecretStr(api_key),
-        videodb_api=videodb_url,
-        auth_issuer=issuer_url,
-        auth_jwks_url=issuer_url + "/jwks.json",
-        auth_audience=DEMO_AUDIENCE,
-        cors_origins=[DEMO_ORIGIN],
-        capture_sessions="on",
-        log_format="console",
-    )
+DEMO_PROVIDERS = ("web", "desktop")  # the names of `--providers 2`, each its own prefix
+
+
+def demo_settings(videodb_url: str, issuer_urls: Sequence[str], api_key: str) -> Settings:
+    """The broker's settings for the sandbox: one issuer in the single-issuer style, or
+    several in the `BROKER_AUTH_ISSUERS` style."""
+    common: dict[str, Any] = {
+        "videodb_api_key": SecretStr(api_key),
+        "videodb_api": videodb_url,
+        "cors_origins": [DEMO_ORIGIN],
+        "capture_sessions": "on",
+        "log_format": "console",
+    }
+    if len(issuer_urls) == 1:
+        (url,) = issuer_urls
+        identity: dict[str, Any] = {
+            "auth_issuer": url,
+            "auth_jwks_url": url + "/jwks.json",
+            "auth_audience": DEMO_AUDIENCE,
+        }
+    else:
+        identity = {
+            "auth_issuers": [
+                {
+                    "name": name,
+                    "issuer": url,
+                    "jwks_url": url + "/jwks.json",
+                    "audience": DEMO_AUDIENCE,
+                    "user_id_prefix": f"{name}:",
+                }
+                for name, url in zip(DEMO_PROVIDERS, issuer_urls, strict=False)
+            ]
+        }
+    return DemoSettings(**common, **identity)
 
 
 def _curl_post(url: str, bearer: str, body: str) -> str:
@@ -67,24 +91,40 @@ def capture_curl_line(broker_url: str, bearer: str) -> str:
     return _curl_post(f"{broker_url}/v1/capture/sessions", bearer, '{"metadata": {"app": "demo"}}')
 
 
-def banner(broker_url: str, bearer: str) -> str:
+def banner(broker_url: str, bearers: Sequence[str]) -> str:
     """What the newcomer reads first."""
-    return "\n".join(
-        [
-            "",
-            "videodb-token-broker demo: a sandbox, not for production",
-            f"  broker            {broker_url}",
-            "  VideoDB           a built-in stand-in (no account needed)",
+    lines = [
+        "",
+        "videodb-token-broker demo: a sandbox, not for production",
+        f"  broker            {broker_url}",
+        "  VideoDB           a built-in stand-in (no account needed)",
+    ]
+    if len(bearers) == 1:
+        lines += [
             "  identity provider a built-in development issuer",
             "",
             f"Bearer token for user '{DEMO_USER}' (valid 24 h):",
-            f"  {bearer}",
+            f"  {bearers[0]}",
             "",
             "Mint a session token:",
-            f"  {curl_line(broker_url, bearer)}",
+            f"  {curl_line(broker_url, bearers[0])}",
+        ]
+    else:
+        names = ", ".join(DEMO_PROVIDERS[: len(bearers)])
+        lines.append(f"  identity providers built-in development issuers: {names}")
+        for name, bearer in zip(DEMO_PROVIDERS, bearers, strict=False):
+            lines += [
+                "",
+                f"Mint a session token for '{DEMO_USER}' signed in at '{name}' "
+                f"(VideoDB user '{name}:{DEMO_USER}'; bearer valid 24 h):",
+                f"  {curl_line(broker_url, bearer)}",
+            ]
+    return "\n".join(
+        [
+            *lines,
             "",
             "Create a capture session (its id and a token; GET its Location to follow it):",
-            f"  {capture_curl_line(broker_url, bearer)}",
+            f"  {capture_curl_line(broker_url, bearers[0])}",
             "",
             "Press Ctrl+C to stop.",
             "",
@@ -92,22 +132,23 @@ def banner(broker_url: str, bearer: str) -> str:
     )
 
 
-async def run_demo(port: int) -> None:
-    """Start the stand-ins and the broker; print the bearer and curl line; serve until stopped."""
+async def run_demo(port: int, providers: int = 1) -> None:
+    """Start the stand-ins and the broker; print the bearers and curl lines; serve until
+    stopped. With `providers` 2, two development issuers in the `BROKER_AUTH_ISSUERS` style."""
     from app.main import create_app
 
     api_key = "sk-demo-" + secrets.token_hex(8)
-    videodb_sock, issuer_sock = bind_loopback(), bind_loopback()
+    videodb_sock = bind_loopback()
+    issuer_socks = [bind_loopback() for _ in range(providers)]
     broker_sock = bind_loopback(port)
-    issuer = DevIssuer(issuer=base_url(issuer_sock))
-    settings = demo_settings(base_url(videodb_sock), issuer.issuer, api_key)
+    issuers = [DevIssuer(issuer=base_url(sock)) for sock in issuer_socks]
+    settings = demo_settings(base_url(videodb_sock), [i.issuer for i in issuers], api_key)
     broker_url = base_url(broker_sock)
-    bearer = issuer.mint(DEMO_USER, DEMO_AUDIENCE, lifetime=86400)
+    bearers = [i.mint(DEMO_USER, DEMO_AUDIENCE, lifetime=86400) for i in issuers]
 
-    stand_ins = [
-        server_for(stand_in_videodb(api_key)),
-        server_for(issuer.asgi_app()),
-    ]
+    stand_ins = [server_for(stand_in_videodb(api_key))]
+    stand_ins += [server_for(issuer.asgi_app()) for issuer in issuers]
+    sockets = [videodb_sock, *issuer_socks]
     broker = server_for(create_app(settings), **SERVER_OPTIONS)
     # uvicorn's start and stop lines come from one logger shared by all three servers: the
     # newcomer sees the broker's only, not each line three times.
@@ -115,15 +156,15 @@ async def run_demo(port: int) -> None:
     level = lifecycle.level
     lifecycle.setLevel(logging.WARNING)
     tasks = [
-        asyncio.create_task(stand_ins[0].serve(sockets=[videodb_sock])),
-        asyncio.create_task(stand_ins[1].serve(sockets=[issuer_sock])),
+        asyncio.create_task(server.serve(sockets=[sock]))
+        for server, sock in zip(stand_ins, sockets, strict=True)
     ]
     await _until_started(stand_ins, tasks)
     lifecycle.setLevel(level)
     broker_task = asyncio.create_task(broker.serve(sockets=[broker_sock]))
     await _until_started([broker], [broker_task])
     if broker.started:
-        print(banner(broker_url, bearer), flush=True)
+        print(banner(broker_url, bearers), flush=True)
     await broker_task
     lifecycle.setLevel(logging.WARNING)
     for server in stand_ins:

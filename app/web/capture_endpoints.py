@@ -164,6 +164,7 @@ async def create_capture_session(request: Request) -> Response:
         "capture_session_created",
         session_id=session.session_id,
         user_id=user.user_id,
+        provider=user.provider,
         token=fingerprint(minted.token),
         token_source=created.issued.source,
     )

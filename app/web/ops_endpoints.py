@@ -22,13 +22,14 @@ async def healthz() -> dict[str, str]:
 def readiness_checks(request: Request) -> dict[str, str]:
     """Each readiness check and its state: 'ok' or why not."""
     services = services_of(request)
-    keys = services.signing_keys
+    identity = services.identity
     checks = {"configuration": "ok"}
-    if keys.ready:
+    if identity.ready:
         checks["signing_keys"] = "ok"
+    elif len(identity) == 1:
+        checks["signing_keys"] = next(iter(identity)).state
     else:
-        error = keys.last_error
-        checks["signing_keys"] = f"not loaded ({error})" if error else "not loaded yet"
+        checks["signing_keys"] = "not loaded for any identity provider"
     state = services.breaker.state
     checks["upstream_circuit"] = "ok" if state != "open" else "open (VideoDB failing)"
     shared = services.shared_state
@@ -47,20 +48,22 @@ _INFORMATIONAL = {"redis"}
     responses={503: {"description": "not ready", "content": {"application/problem+json": {}}}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when configuration is valid and signing keys are loaded."""
+    """Ready when configuration is valid and one identity provider's signing keys are loaded."""
     checks = readiness_checks(request)
+    # Each provider on its own: ready while one has keys, and the others' trouble is shown.
+    providers = services_of(request).identity.states()
     failing = sorted(
         name for name, state in checks.items() if state != "ok" and name not in _INFORMATIONAL
     )
     if not failing:
-        return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "ready", "checks": checks, "identity_providers": providers})
     return problem_response(
         503,
         "not_ready",
         "Not ready",
         f"failing checks: {', '.join(failing)}",
         headers={"Retry-After": "5"},
-        extra={"checks": checks},
+        extra={"checks": checks, "identity_providers": providers},
     )
 
 

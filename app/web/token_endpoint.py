@@ -126,6 +126,7 @@ async def serve_token(request: Request, services: Services) -> Response:
     # once the response is sent: one line per issued token, not two (docs/performance.md).
     request.scope[AUDIT_SCOPE_KEY] = {
         "user_id": user.user_id,
+        "provider": user.provider,
         "requested_ttl": ttl,
         "granted_ttl": expires_in,
         "source": issued.source,

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from app.errors import InvalidToken
 from app.identity.authenticator import Authenticator
 from app.identity.jwt import KeyRing, build_key_ring
+from app.identity.providers import IdentityProviders, Provider
 from app.sandbox.dev_issuer import DevIssuer
 from tests.conftest import APP_ORIGIN, AUDIENCE, HS_SECRET, ISSUER, TOKEN_PATH, Build, bearer
 
@@ -71,7 +72,9 @@ async def test_a_token_of_a_withdrawn_key_is_refused_even_if_the_ring_keeps_its_
     make_settings: Callable[..., Any], issuer: DevIssuer
 ) -> None:
     keys = _KeysReplacedInPlace(issuer.jwks())
-    authenticator = Authenticator(make_settings(), keys)
+    settings = make_settings()
+    provider = Provider(0, settings.identity_providers[0], keys, frozenset({"RS256"}), frozenset())
+    authenticator = Authenticator(settings, IdentityProviders([provider]))
     token = issuer.mint("alice", AUDIENCE)
     ring_address = id(keys.ring)
     assert (await authenticator.authenticate(_request(token))).user_id == "alice"

@@ -21,7 +21,7 @@ DISCOVERY = ISSUER + "/.well-known/openid-configuration"
 
 async def _keys(make_settings: Callable[..., Any], **overrides: Any) -> JwksKeys:
     settings = make_settings(**overrides)
-    return JwksKeys(settings, httpx.AsyncClient(), unknown_kid_cooldown=30)
+    return JwksKeys(settings.identity_providers[0], httpx.AsyncClient(), unknown_kid_cooldown=30)
 
 
 async def test_discovery_finds_the_jwks(
@@ -119,7 +119,9 @@ async def test_a_slow_provider_delays_unknown_kid_requests_by_the_bound_only(
     make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
 ) -> None:
     network["jwks"].mock(side_effect=_slow_jwks(issuer, 0.5))
-    keys = JwksKeys(make_settings(), httpx.AsyncClient(), unknown_kid_wait=0.05)
+    keys = JwksKeys(
+        make_settings().identity_providers[0], httpx.AsyncClient(), unknown_kid_wait=0.05
+    )
     started = time.monotonic()
     await keys.refresh_for_unknown_kid()
     assert time.monotonic() - started < 0.3  # refused in time, not after the provider
@@ -136,7 +138,7 @@ async def test_requests_needing_the_same_refetch_share_it(
     make_settings: Callable[..., Any], network: respx.MockRouter, issuer: DevIssuer
 ) -> None:
     network["jwks"].mock(side_effect=_slow_jwks(issuer, 0.1))
-    keys = JwksKeys(make_settings(), httpx.AsyncClient())
+    keys = JwksKeys(make_settings().identity_providers[0], httpx.AsyncClient())
     await asyncio.gather(*(keys.refresh_for_unknown_kid() for _ in range(20)))
     assert network["jwks"].call_count == 1
     assert issuer.kid in keys.ring  # every one of them waited for it, and it arrived
@@ -153,7 +155,7 @@ async def test_a_trickling_provider_is_cut_off_at_the_whole_fetch_deadline(
             yield bytes([byte])
 
     network["jwks"].mock(side_effect=lambda _: httpx.Response(200, content=trickle()))
-    keys = JwksKeys(make_settings(), httpx.AsyncClient(), fetch_deadline=0.2)
+    keys = JwksKeys(make_settings().identity_providers[0], httpx.AsyncClient(), fetch_deadline=0.2)
     started = time.monotonic()
     with pytest.raises(KeyFetchError, match=r"within 0\.2 s"):
         await keys.load_once()
@@ -225,7 +227,7 @@ async def test_the_scheduled_refresh_outlives_any_failure_and_retries_within_sec
         return item
 
     network["jwks"].mock(side_effect=answer)
-    keys = JwksKeys(make_settings(), httpx.AsyncClient(), max_retry_delay=0.2)
+    keys = JwksKeys(make_settings().identity_providers[0], httpx.AsyncClient(), max_retry_delay=0.2)
     await keys.start()
     for _ in range(200):
         if keys.ready:

@@ -75,7 +75,7 @@ def test_check_reports_each_check_and_exit_status(
     ok = _run([sys.executable, "-m", "app.cli", "check"], broker_settings(idp, server.url))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert re.search(r"^ok\s+configuration", ok.stdout, re.M)
-    assert re.search(r"^ok\s+signing_keys: \d+ key", ok.stdout, re.M)
+    assert re.search(r"^ok\s+signing_keys \[127\.0\.0\.1\]: \d+ key", ok.stdout, re.M)
     down = broker_settings(
         idp, server.url, BROKER_AUTH_JWKS_URL=f"http://127.0.0.1:{free_port()}/j"
     )
@@ -173,6 +173,42 @@ def test_demo_prints_curl_lines_that_work_as_printed() -> None:
         read = httpx.get(f"http://127.0.0.1:{port}{location}", headers={name: value})
         assert read.status_code == 200
         assert read.json()["session_id"] == session["session_id"]
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=15)
+        if demo.stdout is not None:
+            demo.stdout.close()
+    assert demo.returncode in (0, -signal.SIGINT)
+
+
+def test_demo_with_two_providers_prints_a_working_line_for_each() -> None:
+    """`make demo PROVIDERS=2`: the list style, one VideoDB user per provider."""
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--providers", "2"],
+        env={**clean_env(), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO / "tests",
+    )
+    try:
+        assert demo.stdout is not None
+        curl_lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(curl_lines) < 3:
+            line = demo.stdout.readline().strip()
+            if line.startswith("curl "):
+                curl_lines.append(line)
+        assert len(curl_lines) == 3, "demo printed no three curl lines"
+        tokens = []
+        for line in curl_lines[:2]:
+            result = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+            assert result.returncode == 0
+            tokens.append(json.loads(result.stdout)["token"])
+        assert tokens[0] != tokens[1]  # the same sub at two providers: two users
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+        assert ready["identity_providers"] == {"web": "ok", "desktop": "ok"}
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=15)

@@ -34,7 +34,7 @@ async def test_metrics_are_exposed_with_the_broker_prefix(
     ):
         assert name in text, name
     assert 'broker_tokens_issued_total{source="cache"}' in text
-    assert 'broker_identity_failures_total{reason="malformed"}' in text
+    assert 'broker_identity_failures_total{provider="none",reason="malformed"}' in text
     assert 'route="/v1/capture/session/token"' in text
     assert "sk-" not in text
 

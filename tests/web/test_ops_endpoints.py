@@ -28,6 +28,7 @@ async def test_readyz_names_every_check_when_ready(
     assert resp.json() == {
         "status": "ready",
         "checks": {"configuration": "ok", "signing_keys": "ok", "upstream_circuit": "ok"},
+        "identity_providers": {"idp.test": "ok"},
     }
 
 
