@@ -44,9 +44,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 LOCK_FLAGS := -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
 
-lock: $(STAMP) ## re-pin requirements.lock (runtime, for the image) and requirements-dev.lock (with the dev tools)
-	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements.lock pyproject.toml
-	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --extra dev --output-file requirements-dev.lock pyproject.toml
+lock: $(STAMP) ## re-pin requirements.lock (runtime with [otel], for the image) and requirements-dev.lock (with the dev tools)
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra otel --output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --extra dev --extra otel --output-file requirements-dev.lock pyproject.toml
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

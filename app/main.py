@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import httpx
 import structlog
@@ -36,6 +37,9 @@ from app.web.problems import UnhandledErrorMiddleware, install_error_handlers
 from app.web.request_context import RequestContextMiddleware
 from app.web.token_endpoint import TokenFastPath, document_token_endpoint
 from app.web.token_endpoint import router as token_router
+
+if TYPE_CHECKING:
+    from app.observability.otel import Tracing
 
 IDP_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
@@ -70,12 +74,16 @@ def freeze_start_up_objects() -> None:
         gc.freeze()
 
 
-def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
+def lifespan_for(
+    settings: Settings, tracing: Tracing | None = None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
     """The lifespan of an app with these settings: it builds every long-lived service, hands
     them to requests as the lifespan state, and closes them on shutdown."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        if tracing is not None:  # first: the signing keys' first fetch is traced too
+            tracing.start()
         upstream_http = build_http_client(settings.upstream_timeout)
         idp_http = httpx.AsyncClient(timeout=IDP_TIMEOUT, follow_redirects=False)
         identity = IdentityProviders.from_configs(settings.identity_providers, idp_http)
@@ -141,6 +149,9 @@ def lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContext
         try:
             yield {"services": services}
         finally:
+            if tracing is not None:
+                # queued spans go out, bounded by OTEL_EXPORTER_OTLP_TIMEOUT; off the loop
+                await asyncio.to_thread(tracing.stop)
             await identity.stop()
             if shared is not None:
                 await shared.close()
@@ -155,11 +166,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the broker; settings are read here, never at import."""
     settings = settings or settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
+    tracing = None
+    if settings.otel_on:  # off: nothing of OpenTelemetry's SDK is imported (otel.py)
+        from app.observability.otel import Tracing
+
+        tracing = Tracing(settings.trusted_proxies)
     app = FastAPI(
         title="videodb-token-broker",
         version=__version__,
         summary="Short-lived VideoDB session tokens for authenticated end users.",
-        lifespan=lifespan_for(settings),
+        lifespan=lifespan_for(settings, tracing),
         docs_url=None,
         redoc_url=None,
         # The broker's telemetry is its JSON logs and Prometheus metrics, both scrubbed of
@@ -184,4 +200,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    if tracing is not None:  # outermost: it sees the real peer, before proxy headers
+        from app.observability.otel import TracingMiddleware
+
+        app.add_middleware(TracingMiddleware, tracing_=tracing)
     return app

@@ -131,5 +131,5 @@ class UserRateLimiter:
         """Run on the chosen limiter; if Redis fails mid-call, run in this process instead."""
         if limiter is self._local or self._shared is None:
             return await call(limiter)
-        result = await self._shared.run(lambda: call(limiter))
+        result = await self._shared.run(lambda: call(limiter), "RATE_LIMIT")
         return result if result is not None else await call(self._local)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 from collections.abc import Callable
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     capture_callback_url: str | None = None
     capture_rate_limit: str = "10/minute"
 
+    otel: Literal["on", "off"] = "off"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -124,7 +127,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a JSON array of provider objects")
         return parsed
 
-    @field_validator("capture_sessions", mode="before")
+    @field_validator("capture_sessions", "otel", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -337,6 +340,21 @@ class Settings(BaseSettings):
             )
         ]
 
+    @field_validator("otel")
+    @classmethod
+    def _otel_installed(cls, value: str) -> str:
+        if value == "on" and not all(map(_installed, _OTEL_MODULES)):
+            raise ValueError(
+                "on needs the tracing packages: pip install 'videodb-token-broker[otel]' "
+                "(the container image has them)"
+            )
+        return value
+
+    @property
+    def otel_on(self) -> bool:
+        """Whether traces are exported (BROKER_OTEL=on)."""
+        return self.otel == "on"
+
     @property
     def capture_sessions_on(self) -> bool:
         """Whether the capture-session endpoints are served."""
@@ -348,6 +366,17 @@ class Settings(BaseSettings):
         if self.auth_issuers is not None:
             return f"{len(self.auth_issuers)} provider(s)"
         return self.identity_providers[0].key_source
+
+
+_OTEL_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+
+
+def _installed(module: str) -> bool:
+    """Whether a module can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 _SINGLE_ISSUER_FIELDS = frozenset(

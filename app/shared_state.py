@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
-from app.observability import metrics
+from app.observability import metrics, tracing
 
 # How long Redis may take to answer, counted only while the event loop runs on time (see
 # patient_timeout): a broker busy with a burst of requests is not a slow Redis.
@@ -104,8 +104,11 @@ class SharedState:
         """No incident open."""
         return self._down_since is None
 
-    async def run(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+    async def run(
+        self, operation: Callable[[], Awaitable[T]], command: str = "command"
+    ) -> T | None:
         """Run a Redis operation; None (and an incident) if Redis fails or is skipped.
+        `command` names its span when tracing is on ("GET", "SET", "LOCK"...).
 
         Calls queue for one of the pool's connections here, untimed: that wait is the broker's
         own (a burst), never Redis's. Only the call itself is timed. During an outage the
@@ -117,8 +120,9 @@ class SharedState:
             if not self.available:
                 return None  # an incident opened while this call waited its turn
             try:
-                async with patient_timeout(REDIS_TIMEOUT_SECONDS, REDIS_HARD_TIMEOUT_SECONDS):
-                    result = await operation()
+                with tracing.span(f"redis {command}", **{"db.system.name": "redis"}):
+                    async with patient_timeout(REDIS_TIMEOUT_SECONDS, REDIS_HARD_TIMEOUT_SECONDS):
+                        result = await operation()
             except (RedisError, StorageError, OSError, TimeoutError) as exc:
                 if _command_refused(exc):
                     self._succeeded()
@@ -161,7 +165,7 @@ class SharedState:
     async def ping(self) -> bool:
         """Probe Redis now (used by readiness and start-up)."""
         self._retry_at = 0.0
-        return bool(await self.run(self.client.ping))
+        return bool(await self.run(self.client.ping, "PING"))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -6,10 +6,12 @@ Prints, with the machine it ran on:
 2. cache-miss overhead above a stand-in VideoDB that answers in 20 ms (p50, p99): one
    request at a time, then under load from wrk (every request a new user);
 3. coalescing: upstream calls for 1,000 concurrent requests of one user, and of 1,000 users;
-4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES.
+4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES;
+5. what tracing costs a cache hit: off, on with the default sampler, on at 10 % (bench/
+   tracing_cost.py), each exporting to an OTLP receiver on loopback.
 
-BENCH_ONLY=hit,miss,load,coalescing,memory picks phases (and BENCH_ONLY=hop, not run by default,
-shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_LOAD_ROUNDS,
+BENCH_ONLY=hit,miss,load,coalescing,memory,tracing picks phases (and BENCH_ONLY=hop, not run
+by default, shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_LOAD_ROUNDS,
 BENCH_LOAD_CONNECTIONS, BENCH_SECONDS and BENCH_MEMORY_USERS shorten a run.
 BENCH_BASELINE=<git ref> also runs the broker as it was at that commit (a temporary worktree,
 same interpreter and packages), in the same rounds as today's: figures 1 and 2b then show
@@ -37,6 +39,7 @@ import httpx
 from jose import jwt
 
 from app.sandbox.dev_issuer import DevIssuer
+from bench.tracing_cost import VARIANTS, tracing_cost
 from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
 from tests.fakes.servers import ThreadedServer
 
@@ -48,7 +51,7 @@ CONNECTIONS = 32
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 ROUND_SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 MEMORY_USERS = int(os.environ.get("BENCH_MEMORY_USERS", "100000"))
-PHASES = set(os.environ.get("BENCH_ONLY", "hit,miss,load,coalescing,memory").split(","))
+PHASES = set(os.environ.get("BENCH_ONLY", "hit,miss,load,coalescing,memory,tracing").split(","))
 BOUNDED_ENTRIES = 10_000
 
 
@@ -634,6 +637,8 @@ def main() -> int:
                 report_coalescing(broker, videodb_url, issuer)
             if "hop" in PHASES:
                 report_hop(videodb_url)
+            if "tracing" in PHASES:
+                report_tracing(settings, issuer)
         finally:
             broker.terminate()
             if before is not None:
@@ -672,6 +677,23 @@ def report_hit(broker: BrokerProcess, issuer: DevIssuer, before: BrokerProcess |
             f"   before ({BASELINE}): {hit['before_rps']:.0f} req/s -> ratio "
             f"{hit['before_ratio']:.2f}, p99 {hit['before_p99_ms']:.2f} ms"
         )
+
+
+def report_tracing(settings: dict[str, str], issuer: DevIssuer) -> None:
+    """Figure 5: a cache hit's throughput with tracing off, on, and on at 10 %."""
+    bearer = issuer.mint("traced-user", AUDIENCE, lifetime=86400)
+    figures = tracing_cost(settings, bearer, PATH, ROUNDS, wrk, _wrk_lua)
+    print(
+        f"5. tracing, cache hits, {CONNECTIONS} connections, median of {ROUNDS} alternating "
+        f"{ROUND_SECONDS}s rounds (OTLP/HTTP to a receiver on loopback)"
+    )
+    for name in VARIANTS:
+        each = figures[name]
+        print(
+            f"   tracing {name:<20} {each['rps']:>7.0f} req/s  p99 {each['p99_ms']:.2f} ms"
+            f"  -> {each['ratio']:.2f} of tracing off"
+        )
+    print(f"   (the receiver got {figures['receiver']['spans']:.0f} spans)")
 
 
 def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from pydantic import ValidationError
 
 from app.settings import ConfigError, Settings, load_settings
 
@@ -194,3 +197,22 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: object) 
     settings = load_settings()
     assert settings.auth_audience == "from-dotenv"
     assert settings.key_source == "shared_secret"
+
+
+def test_tracing_is_off_unless_set_on_and_refuses_anything_else(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert not make_settings().otel_on
+    assert make_settings(otel="ON").otel_on
+    with pytest.raises(ValidationError):
+        make_settings(otel="yes")
+
+
+def test_tracing_on_without_its_packages_says_how_to_install_them(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.settings
+
+    monkeypatch.setattr(app.settings, "_installed", lambda module: False)
+    with pytest.raises(ValidationError, match=r"pip install 'videodb-token-broker\[otel\]'"):
+        make_settings(otel="on")

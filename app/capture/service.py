@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import NotFound
+from app.observability import tracing
 from app.tokens.service import IssuedToken, TokenService
 from app.videodb.answers import SESSION_ID, CaptureSession
 from app.videodb.retries import ResilientVideoDB
@@ -69,6 +70,16 @@ class CaptureSessions:
         metadata: dict[str, Any] | None = None,
     ) -> NewSession:
         """A session whose end user is `user_id` (never anything a client sent), and a token."""
+        with tracing.span("broker.capture_session create"):
+            return await self._create(user_id, ttl, ws_connection_id, metadata)
+
+    async def _create(
+        self,
+        user_id: str,
+        ttl: int,
+        ws_connection_id: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> NewSession:
         issued = await self._tokens.issue(user_id, ttl)
         payload: dict[str, object] = {"end_user_id": user_id}
         if self._callback_url is not None:
@@ -84,7 +95,8 @@ class CaptureSessions:
         """The owner's view of a session; another user's and an unknown one are one NotFound."""
         if not SESSION_ID.fullmatch(session_id):
             raise NotFound("No such capture session.")  # the endpoint refuses it first (422)
-        record = await self._videodb.get_capture_session(session_id)
+        with tracing.span("broker.capture_session read"):
+            record = await self._videodb.get_capture_session(session_id)
         if record.get("end_user_id") != user_id:
             raise NotFound("No such capture session.")
         return public_view(record)

@@ -22,7 +22,7 @@ from app.errors import (
 from app.identity import jwt as jwt_verification
 from app.identity.jwt import TokenRejected
 from app.identity.providers import IdentityProviders, Provider
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.observability.fingerprints import fingerprint
 from app.settings import Settings
 
@@ -118,6 +118,10 @@ def _only_cookie(request: Request, name: str) -> str | None:
     return request.cookies.get(name) if found else None
 
 
+def _annotate_refusal(provider: str, reason: str) -> None:
+    tracing.annotate(**{"broker.identity.provider": provider, "broker.identity.outcome": reason})
+
+
 class Authenticator:
     """Reads the credential, checks it against the signing keys and the configured claims."""
 
@@ -177,14 +181,24 @@ class Authenticator:
 
     async def authenticate(self, request: Request) -> Principal:
         """The verified Principal behind this request, or an identity error."""
+        with tracing.span("broker.authenticate"):
+            principal = await self._authenticate(request)
+            tracing.annotate(
+                **{"broker.identity.provider": principal.provider, "broker.identity.outcome": "ok"}
+            )
+            return principal
+
+    async def _authenticate(self, request: Request) -> Principal:
         try:
             token, via_cookie = self._credential(request)
         except BrokerError as exc:
             metrics.IDENTITY_FAILURES.labels(NO_PROVIDER, exc.code).inc()
+            tracing.annotate(**{"broker.identity.outcome": exc.code})
             raise
         known = self._verified.get(token, self._providers)
         if known is not None:
             label = self._providers[known.provider].label
+            tracing.annotate(**{"broker.identity.verified_before": True})
             return Principal(known.user_id, known.scopes, via_cookie, label)
         label = NO_PROVIDER
         try:
@@ -195,6 +209,7 @@ class Authenticator:
         except TokenRejected as exc:
             log.info("identity_rejected", reason=exc.reason, provider=label, jwt=fingerprint(token))
             metrics.IDENTITY_FAILURES.labels(label, exc.reason).inc()
+            _annotate_refusal(label, exc.reason)
             raise InvalidToken(exc.detail) from None
         return self._principal(token, claims, provider, generation, via_cookie)
 
@@ -214,6 +229,7 @@ class Authenticator:
                 "identity_rejected", reason="user_claim", provider=label, jwt=fingerprint(token)
             )
             metrics.IDENTITY_FAILURES.labels(label, "user_claim").inc()
+            _annotate_refusal(label, "user_claim")
             raise InvalidToken(f"token has no usable '{claim}' claim (a non-empty string)")
         assert isinstance(value, str)
         user_id = config.user_id_prefix + value
@@ -222,6 +238,7 @@ class Authenticator:
         if missing:
             log.info("identity_forbidden", reason="scope", provider=label, user_id=user_id)
             metrics.IDENTITY_FAILURES.labels(label, "scope").inc()
+            _annotate_refusal(label, "scope")
             raise InsufficientScope(
                 "token lacks a required scope", " ".join(sorted(provider.required_scopes))
             )

@@ -15,7 +15,7 @@ import structlog
 
 from app.identity.jwt import KeyRing, build_key_ring, build_shared_secret_ring
 from app.identity.provider_config import ProviderConfig
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.urls import require_secure_url
 
 MAX_DOCUMENT_BYTES = 512 * 1024
@@ -260,6 +260,11 @@ class JwksKeys:
             raise KeyFetchError(f"discovery jwks_uri refused: {exc}") from None
 
     async def _fetch(self, trigger: str) -> None:
+        attributes = {"broker.identity.provider": self._provider, "broker.keys.trigger": trigger}
+        with tracing.span("identity_provider fetch_keys", **attributes):
+            await self._fetch_traced(trigger)
+
+    async def _fetch_traced(self, trigger: str) -> None:
         try:
             await self._fetch_and_build()
         except Exception as exc:
@@ -272,8 +277,10 @@ class JwksKeys:
             )
             self._last_error = str(failure)
             metrics.KEY_REFRESHES.labels(self._provider, trigger, "failed").inc()
+            tracing.annotate(**{"broker.keys.outcome": "failed"})
             raise failure from None
         metrics.KEY_REFRESHES.labels(self._provider, trigger, "ok").inc()
+        tracing.annotate(**{"broker.keys.outcome": "ok"})
         metrics.KEYS_LOADED_AT.labels(self._provider).set(time.time())
 
     async def _fetch_and_build(self) -> None:

@@ -10,7 +10,7 @@ from typing import Literal, Protocol
 import structlog
 
 from app.errors import BrokerError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.tokens.cache import CachedToken, LocalTokenCache, Singleflight, cache_key
 from app.tokens.shared_store import SharedTokenStore
 from app.videodb.answers import MintedToken
@@ -67,6 +67,12 @@ class TokenService:
 
     async def issue(self, user_id: str, ttl: int) -> IssuedToken:
         """A token for this user and requested lifetime."""
+        with tracing.span("broker.token", **{"broker.token.requested_ttl": ttl}):
+            issued = await self._issue(user_id, ttl)
+            tracing.annotate(**{"broker.token.source": issued.source})
+            return issued
+
+    async def _issue(self, user_id: str, ttl: int) -> IssuedToken:
         key = cache_key(user_id, ttl, self._upstream)
         cached = self._local.get(key)
         if cached is None and self._shared is not None:

@@ -33,7 +33,7 @@ class SharedTokenStore:
 
     async def get(self, key: str) -> CachedToken | None:
         redis_key = f"{KEY_PREFIX}:tok:{key}"
-        sealed = await self._shared.run(lambda: self._shared.client.get(redis_key))
+        sealed = await self._shared.run(lambda: self._shared.client.get(redis_key), "GET")
         if not isinstance(sealed, bytes):
             return None
         try:
@@ -48,7 +48,9 @@ class SharedTokenStore:
         if keep_ms <= 0:
             return
         sealed = self._sealer.seal(json.dumps(asdict(value)).encode(), redis_key.encode())
-        await self._shared.run(lambda: self._shared.client.set(redis_key, sealed, px=keep_ms))
+        await self._shared.run(
+            lambda: self._shared.client.set(redis_key, sealed, px=keep_ms), "SET"
+        )
 
     async def try_lock(self, key: str, hold_ms: int) -> bool | None:
         """True: we mint; False: another replica does; None: Redis unusable.
@@ -61,7 +63,7 @@ class SharedTokenStore:
             blocking=False,
             thread_local=False,  # one event loop thread, many owners: the token is per Lock
         )
-        result = await self._shared.run(lock.acquire)
+        result = await self._shared.run(lock.acquire, "LOCK")
         if result is None and not self._shared.healthy:
             return None
         if result:
@@ -83,21 +85,24 @@ class SharedTokenStore:
             except LockError:
                 log.info("mint_lock_expired_before_release")
 
-        await self._shared.run(release)
+        await self._shared.run(release, "UNLOCK")
 
     async def mark_failed(self, key: str, code: str, hold_ms: int = 1000) -> None:
         """Tell waiting replicas the shared call failed (kept only briefly: never cached)."""
         await self._shared.run(
-            lambda: self._shared.client.set(f"{KEY_PREFIX}:fail:{key}", code.encode(), px=hold_ms)
+            lambda: self._shared.client.set(f"{KEY_PREFIX}:fail:{key}", code.encode(), px=hold_ms),
+            "SET",
         )
 
     async def failure(self, key: str) -> str | None:
-        raw = await self._shared.run(lambda: self._shared.client.get(f"{KEY_PREFIX}:fail:{key}"))
+        raw = await self._shared.run(
+            lambda: self._shared.client.get(f"{KEY_PREFIX}:fail:{key}"), "GET"
+        )
         # Anything may be found there; an unknown code is an upstream_error to the caller.
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
 
     async def locked(self, key: str) -> bool:
         exists = await self._shared.run(
-            lambda: self._shared.client.exists(f"{KEY_PREFIX}:lock:{key}")
+            lambda: self._shared.client.exists(f"{KEY_PREFIX}:lock:{key}"), "EXISTS"
         )
         return bool(exists)

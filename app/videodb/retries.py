@@ -24,7 +24,7 @@ from app.errors import (
     UpstreamUnavailable,
     UpstreamUnusable,
 )
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.videodb.answers import CaptureSession, MintedToken
 from app.videodb.circuit_breaker import CircuitBreaker, CircuitOpen
 from app.videodb.client import VideoDBClient
@@ -129,21 +129,31 @@ class ResilientVideoDB:
                 left = ends_at - time.monotonic()
                 if left <= 0:
                     raise UpstreamTimeout("VideoDB did not answer in time; try again shortly.")
-                result = await self._attempt(operation, call, left)
+                number = attempt.retry_state.attempt_number
+                result = await self._attempt(operation, call, left, number)
         return result
 
     async def _attempt(
-        self, operation: str, call: Callable[[float], Awaitable[T]], budget: float
+        self, operation: str, call: Callable[[float], Awaitable[T]], budget: float, number: int
     ) -> T:
         started = time.perf_counter()
         error: BaseException | None = None
-        try:
-            async with self.breaker.guard():
-                return await call(budget)
-        except BaseException as exc:  # counted by what it was, never as "ok"
-            error = exc
-            raise
-        finally:
-            if not isinstance(error, CircuitOpen):
-                metrics.UPSTREAM_LATENCY.labels(operation).observe(time.perf_counter() - started)
-            metrics.UPSTREAM_OUTCOMES.labels(operation, _outcome(error)).inc()
+        attributes: dict[str, tracing.AttributeValue] = {
+            "broker.videodb.operation": operation,
+            "broker.retry.attempt": number,
+            "broker.circuit.state": self.breaker.state,
+        }
+        with tracing.span(f"videodb {operation}", **attributes):
+            try:
+                async with self.breaker.guard():
+                    return await call(budget)
+            except BaseException as exc:  # counted by what it was, never as "ok"
+                error = exc
+                raise
+            finally:
+                outcome = _outcome(error)
+                tracing.annotate(**{"broker.videodb.outcome": outcome})
+                if not isinstance(error, CircuitOpen):
+                    elapsed = time.perf_counter() - started
+                    metrics.UPSTREAM_LATENCY.labels(operation).observe(elapsed)
+                metrics.UPSTREAM_OUTCOMES.labels(operation, outcome).inc()

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import BrokerError, InvalidRequest
+from app.observability import tracing
 from app.web.request_context import current_request_id
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -74,6 +75,7 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     """Render one problem+json response with the current request id."""
+    tracing.annotate(**{"broker.problem.code": code})  # on the request's span
     body = problem_document(status, code, title, detail, current_request_id())
     body.update(extra or {})
     return JSONResponse(

@@ -22,6 +22,7 @@ class FakeIdentityProvider:
     issuer_url: str = ""
     fault: str | None = None
     jwks_fetches: int = 0
+    request_headers: list[dict[str, str]] = field(default_factory=list)  # of every request
 
     def rotate(self) -> DevIssuer:
         """Add a new signing key (kept alongside the old one, as IdPs do)."""
@@ -30,6 +31,7 @@ class FakeIdentityProvider:
         return fresh
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.request_headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         if self.fault == "trickle":
             await self._trickle(send)
             return

@@ -1,0 +1,223 @@
+"""OpenTelemetry for `BROKER_OTEL=on`: the only module that imports its SDK and exporter.
+
+Configured by the standard variables only: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+`..._TRACES_ENDPOINT`), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
+`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG` and `OTEL_BSP_*`, read by the SDK.
+
+- Spans go out from the SDK's batch processor, on its own thread: a request only adds its
+  spans to a bounded queue (dropped when full), so a collector that is down, slow or refusing
+  costs it nothing. A failing export is logged once per incident, and its recovery once.
+- The tracer is the broker's own (no global provider is set), and nothing is injected into
+  outgoing calls: VideoDB and identity providers, third parties, never see a trace header.
+- An incoming `traceparent` continues a trace only from a peer in `BROKER_TRUSTED_PROXIES`;
+  from anyone else the request starts a trace of its own.
+- Exceptions are recorded by type, never by message, and the request span carries the
+  route template, never the path (a path is whatever the client sent).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.observability import tracing
+from app.urls import host_of
+
+DEFAULT_SERVICE_NAME = "videodb-token-broker"
+_EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
+
+log = structlog.get_logger(logger_name=__name__)
+
+
+class _Recorder:
+    """The broker's spans on its own tracer; see tracing.py for the seam."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    def span(
+        self, name: str, attributes: dict[str, tracing.AttributeValue]
+    ) -> AbstractContextManager[Any]:
+        return self._span(name, attributes)
+
+    @contextmanager
+    def _span(self, name: str, attributes: dict[str, tracing.AttributeValue]) -> Iterator[Any]:
+        with self._tracer.start_as_current_span(
+            name, attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
+
+    def annotate(self, attributes: dict[str, tracing.AttributeValue]) -> None:
+        trace.get_current_span().set_attributes(attributes)
+
+
+def _failed(span: trace.Span, exc: BaseException) -> None:
+    """An error by its type: an exception's message may quote what it failed on."""
+    span.set_status(Status(StatusCode.ERROR))
+    span.set_attribute("error.type", type(exc).__name__)
+
+
+class _OncePerIncident(SpanExporter):
+    """The OTLP exporter, its failures logged once when they start and once when they end."""
+
+    def __init__(self, inner: SpanExporter, collector: str) -> None:
+        self._inner = inner
+        self._collector = collector
+        self._failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:  # the exporter's own bug must not end the export thread
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.FAILURE and not self._failing:
+            self._failing = True
+            log.warning(
+                "trace_export_failed",
+                collector=self._collector,
+                spans_dropped=len(spans),
+                effect="traces are lost until the collector answers; requests are unaffected",
+            )
+        elif result is SpanExportResult.SUCCESS and self._failing:
+            self._failing = False
+            log.info("trace_export_recovered", collector=self._collector)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _collector() -> str:
+    """Where spans go, by host only (an endpoint URL may carry credentials)."""
+    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
+    )
+    return host_of(url) or "unknown"
+
+
+class Tracing:
+    """The tracer provider of one app: built with it, shut down with its lifespan."""
+
+    def __init__(self, trusted_proxies: Sequence[str]) -> None:
+        attributes: dict[str, str] = {SERVICE_VERSION: __version__}
+        if not os.environ.get("OTEL_SERVICE_NAME"):
+            attributes[SERVICE_NAME] = DEFAULT_SERVICE_NAME  # else the variable names it
+        # The sampler (OTEL_TRACES_SAMPLER) and batch settings (OTEL_BSP_*) come from the
+        # environment, read by the SDK itself.
+        self.provider = TracerProvider(resource=Resource.create(attributes))
+        exporter = _OncePerIncident(OTLPSpanExporter(), _collector())
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("videodb-token-broker", __version__)
+        self.trusted = [ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies]
+        for name in _EXPORTER_LOGGERS:  # _OncePerIncident says it once; they would say it always
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def start(self) -> None:
+        """Record the broker's spans from now on."""
+        tracing.install(_Recorder(self.tracer))
+
+    def stop(self) -> None:
+        """Stop recording; send what is queued (bounded by the exporter's timeout)."""
+        tracing.install(None)
+        self.provider.shutdown()
+
+    def trusts(self, scope: Scope) -> bool:
+        """Whether the connection's own peer (before any proxy header) is a trusted proxy."""
+        client = scope.get("client")
+        if not client or not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _parent(scope: Scope, tracing_: Tracing) -> Context | None:
+    """The caller's trace context, from a trusted proxy only; else a new trace."""
+    if not tracing_.trusts(scope):
+        return None
+    carrier: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name in (b"traceparent", b"tracestate"):
+            carrier[name.decode()] = value.decode("latin-1")
+    return _PROPAGATOR.extract(carrier) if carrier else None
+
+
+class TracingMiddleware:
+    """The request span, outermost: it sees the connection's real peer, before any proxy
+    header is believed, and every layer inside runs within it."""
+
+    def __init__(self, app: ASGIApp, *, tracing_: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing_
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        status = 500
+        request_id = ""
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status, request_id
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"x-request-id":
+                        request_id = value.decode("latin-1")
+            await send(message)
+
+        with self.tracing.tracer.start_as_current_span(
+            f"{method} request",
+            context=_parent(scope, self.tracing),
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self.app(scope, receive, send_traced)
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    span.update_name(f"{method} {route}")
+                span.set_attributes(
+                    {
+                        "http.request.method": method,
+                        "http.route": route or "unmatched",
+                        "http.response.status_code": status,
+                        "broker.request_id": request_id,
+                    }
+                )
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))

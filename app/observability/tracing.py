@@ -1,0 +1,67 @@
+"""The spans the broker records, through a seam that costs nothing while tracing is off.
+
+Code across the broker calls `span(...)` and `annotate(...)`. With `BROKER_OTEL` off (the
+default) they do nothing and nothing of OpenTelemetry's SDK is loaded; `app/observability/
+otel.py`, imported only when it is on, installs a tracer here. Attribute values are always
+ours: names, labels, counts, fingerprints. Never a key, a JWT, an `st-` token, a URL with a
+secret or a raw user id (tests/integration/test_tracing.py searches every exported byte).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+AttributeValue = str | bool | int | float
+
+
+class Recorder(Protocol):
+    """What `otel.py` installs: starts a span as the current one, annotates the current one."""
+
+    def span(
+        self, name: str, attributes: dict[str, AttributeValue]
+    ) -> AbstractContextManager[Any]: ...
+
+    def annotate(self, attributes: dict[str, AttributeValue]) -> None: ...
+
+
+class _NoSpan:
+    """The span of tracing off: entering, leaving and annotating it do nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+_recorder: Recorder | None = None
+
+
+def install(recorder: Recorder | None) -> None:
+    """Switch recording on (a recorder) or off (None); the lifespan does both."""
+    global _recorder
+    _recorder = recorder
+
+
+def enabled() -> bool:
+    """Whether spans are being recorded."""
+    return _recorder is not None
+
+
+def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[Any]:
+    """A child span of the current one for the block, or nothing while tracing is off."""
+    recorder = _recorder
+    if recorder is None:
+        return _NO_SPAN
+    return recorder.span(name, attributes)
+
+
+def annotate(**attributes: AttributeValue) -> None:
+    """Add attributes to the current span (the request's, or a child's)."""
+    recorder = _recorder
+    if recorder is not None:
+        recorder.annotate(attributes)

@@ -1,0 +1,57 @@
+"""The tracing seam: nothing while off; with a recorder, spans nest and errors say only
+their type."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from app.observability import tracing
+from app.observability.otel import _Recorder
+
+
+@pytest.fixture
+def recorded() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(_Recorder(provider.get_tracer("test")))
+    yield exporter
+    tracing.install(None)
+
+
+def test_off_every_call_is_a_no_op() -> None:
+    assert not tracing.enabled()
+    with tracing.span("anything", key="value") as span:
+        tracing.annotate(more="attributes")
+    assert span is tracing.span("another")  # one shared object: nothing built per call
+
+
+def test_spans_nest_and_carry_their_attributes(recorded: InMemorySpanExporter) -> None:
+    with tracing.span("outer", **{"broker.a": 1}):
+        with tracing.span("inner"):
+            tracing.annotate(**{"broker.token.source": "cache"})
+        tracing.annotate(**{"broker.b": True})
+    inner, outer = recorded.get_finished_spans()
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer.context.span_id
+    assert dict(inner.attributes or {}) == {"broker.token.source": "cache"}
+    assert dict(outer.attributes or {}) == {"broker.a": 1, "broker.b": True}
+
+
+def test_an_error_is_recorded_by_its_type_never_its_message(
+    recorded: InMemorySpanExporter,
+) -> None:
+    secret = "sk-must-not-be-exported-0123"
+    with pytest.raises(ValueError, match="sk-"), tracing.span("failing"):
+        raise ValueError(f"bad key {secret}")
+    (span,) = recorded.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description is None
+    assert dict(span.attributes or {}) == {"error.type": "ValueError"}
+    assert span.events == ()  # no exception event, with its message and traceback
