@@ -4,6 +4,7 @@ their type."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -55,3 +56,25 @@ def test_an_error_is_recorded_by_its_type_never_its_message(
     assert span.status.description is None
     assert dict(span.attributes or {}) == {"error.type": "ValueError"}
     assert span.events == ()  # no exception event, with its message and traceback
+
+
+def test_a_trace_the_sampler_dropped_builds_no_children_but_roots_still_start() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    tracing.install(_Recorder(tracer))
+    try:
+        with tracer.start_as_current_span("request (not sampled)"):
+            child = tracing.span("broker.token")
+            assert isinstance(child, nullcontext)  # nothing built for a dropped trace
+        root_provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+        root_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracing.install(_Recorder(root_provider.get_tracer("test")))
+        with tracing.span("identity_provider fetch_keys"):  # no request around it: a root
+            pass
+    finally:
+        tracing.install(None)
+    assert [span.name for span in exporter.get_finished_spans()] == ["identity_provider fetch_keys"]
