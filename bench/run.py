@@ -693,7 +693,7 @@ def report_tracing(settings: dict[str, str], issuer: DevIssuer) -> None:
             f"   tracing {name:<20} {each['rps']:>7.0f} req/s  p99 {each['p99_ms']:.2f} ms"
             f"  -> {each['ratio']:.2f} of tracing off"
         )
-    print(f"   (the receiver got {figures['receiver']['spans']:.0f} spans)")
+    print(f"   (the receiver got {figures['receiver']['mib']:.1f} MiB of spans)")
 
 
 def report_miss(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> None:

@@ -33,6 +33,8 @@ class OtlpReceiver:
 
     fault: str | None = None
     delay: float = 0.0
+    keep: bool = True  # False (the benchmark): count the bytes, decode and keep nothing
+    bytes_received: int = 0
     raw: list[bytes] = field(default_factory=list)
     requests: list[ExportTraceServiceRequest] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -54,6 +56,10 @@ class OtlpReceiver:
             return Response(status_code=400)
         if self.fault == "slow":
             await asyncio.sleep(self.delay)
+        with self._lock:
+            self.bytes_received += len(body)
+        if not self.keep:
+            return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
         decoded = ExportTraceServiceRequest()
         decoded.ParseFromString(body)
         with self._lock:
