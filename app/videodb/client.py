@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from app import __version__
 from app.errors import BrokerError, UpstreamTimeout, UpstreamUnavailable, UpstreamUnusable
+from app.observability import tracing
 from app.videodb.answers import (
     DEFAULT_RETRY_AFTER,
     MAX_RESPONSE_BYTES,
@@ -164,6 +165,7 @@ class VideoDBClient:
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     break
+            tracing.annotate(**{"http.response.status_code": resp.status_code})  # the attempt's
             return Answer(resp.status_code, resp.headers, bytes(body))
 
 

@@ -128,6 +128,7 @@ def test_a_token_request_yields_a_trace_of_where_its_time_went_and_no_secret(
     assert attempt["attributes"]["broker.retry.attempt"] == 1
     assert attempt["attributes"]["broker.videodb.outcome"] == "ok"
     assert attempt["attributes"]["broker.circuit.state"] == "closed"
+    assert attempt["attributes"]["http.response.status_code"] == 200
     assert any(name.startswith("redis ") for name in below_token)  # the shared cache looked at
     for child in in_trace:  # every part of the time lies inside the request's
         if child is not request:
