@@ -86,7 +86,9 @@ def lifespan_for(
             tracing.start()
         upstream_http = build_http_client(settings.upstream_timeout)
         idp_http = httpx.AsyncClient(timeout=IDP_TIMEOUT, follow_redirects=False)
-        identity = IdentityProviders.from_configs(settings.identity_providers, idp_http)
+        identity = IdentityProviders.from_configs(
+            settings.identity_providers, idp_http, by_issuer=settings.auth_issuers is not None
+        )
         videodb = VideoDBClient(
             upstream_http,
             settings.videodb_api_key,

@@ -156,6 +156,8 @@ class Authenticator:
 
     def _provider_for(self, token: str) -> tuple[Provider, jwt_verification.TokenHeader]:
         header = jwt_verification.read_header(token)
+        if not self._providers.routes_by_issuer:
+            return self._providers.route(None), header
         return self._providers.route(jwt_verification.read_unverified_issuer(token)), header
 
     async def _verify(

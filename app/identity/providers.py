@@ -41,19 +41,25 @@ class IdentityProviders:
     """Every provider the settings trust. A token goes to the one its `iss` names, and
     only that one: an `iss` naming none is refused before any key is looked at or fetched."""
 
-    def __init__(self, providers: Sequence[Provider]) -> None:
+    def __init__(self, providers: Sequence[Provider], *, by_issuer: bool = True) -> None:
         self._providers = tuple(providers)
         self._by_issuer = {p.config.issuer: p for p in providers if p.config.issuer}
-        # One provider without an issuer (single-issuer mode, no BROKER_AUTH_ISSUER): it takes
-        # every token, and its `iss` is not checked, exactly as before several providers.
-        only = self._providers[0] if len(self._providers) == 1 else None
-        self._catch_all = only if only is not None and not only.config.issuer else None
+        # The single-issuer style: its one provider takes every token and checks `iss` itself
+        # while verifying (BROKER_AUTH_ISSUER, when set), exactly as before several providers;
+        # nothing is read of a token to route it.
+        self._only = self._providers[0] if not by_issuer and len(self._providers) == 1 else None
+
+    @property
+    def routes_by_issuer(self) -> bool:
+        """Whether a token's `iss` chooses its provider (BROKER_AUTH_ISSUERS)."""
+        return self._only is None
 
     @classmethod
     def from_configs(
-        cls, configs: Sequence[ProviderConfig], client: httpx.AsyncClient
+        cls, configs: Sequence[ProviderConfig], client: httpx.AsyncClient, *, by_issuer: bool
     ) -> IdentityProviders:
-        """A provider, with its own key source, for each configuration."""
+        """A provider, with its own key source, for each configuration; `by_issuer` for the
+        list style, where a token's `iss` chooses among them."""
         return cls(
             [
                 Provider(
@@ -64,7 +70,8 @@ class IdentityProviders:
                     required_scopes=frozenset(config.required_scopes),
                 )
                 for i, config in enumerate(configs)
-            ]
+            ],
+            by_issuer=by_issuer,
         )
 
     def __iter__(self) -> Iterator[Provider]:
@@ -78,8 +85,8 @@ class IdentityProviders:
 
     def route(self, issuer: str | None) -> Provider:
         """The provider whose rules this token's claimed issuer selects."""
-        if self._catch_all is not None:
-            return self._catch_all
+        if self._only is not None:
+            return self._only
         found = self._by_issuer.get(issuer) if issuer is not None else None
         if found is None:
             raise TokenRejected("issuer", "token issuer is not a trusted identity provider")

@@ -342,7 +342,9 @@ async def served(
                 )
             )
         async with httpx.AsyncClient() as client:
-            providers = IdentityProviders.from_configs(settings.identity_providers, client)
+            providers = IdentityProviders.from_configs(
+                settings.identity_providers, client, by_issuer=True
+            )
             await providers.start()
             for _ in range(200):
                 if providers.ready:
