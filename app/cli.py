@@ -93,7 +93,7 @@ def _check(_: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"FAIL configuration: {exc}")
         return 1
-    results = [(True, f"configuration: valid ({settings.key_source} keys)")]
+    results = [(True, f"configuration: valid ({settings.key_source})")]
     results.extend(asyncio.run(_check_keys(settings)))
     for label, path in (("tls_cert", settings.tls_cert_file), ("tls_key", settings.tls_key_file)):
         if path:

@@ -362,10 +362,10 @@ class Settings(BaseSettings):
 
     @property
     def key_source(self) -> str:
-        """Where signing keys come from, for `token-broker check` and the start-up log."""
+        """Where signing keys come from, for `token-broker check`."""
         if self.auth_issuers is not None:
-            return f"{len(self.auth_issuers)} provider(s)"
-        return self.identity_providers[0].key_source
+            return f"{len(self.auth_issuers)} identity providers, BROKER_AUTH_ISSUERS"
+        return f"{self.identity_providers[0].key_source} keys"
 
 
 _OTEL_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
@@ -433,7 +433,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     if not loc:
         return message
     where = env_name(loc[0])
-    if len(loc) > 1 and loc[1].isdigit():  # inside BROKER_AUTH_ISSUERS: which provider, which key
+    if loc[0] == "auth_issuers" and len(loc) > 1 and loc[1].isdigit():  # which provider, which key
         where += f": provider {int(loc[1]) + 1}"
         detail = [part for part in loc[2:] if not part.isdigit()]
         if not detail:

@@ -28,7 +28,7 @@ def test_every_setting_is_listed_with_a_comment() -> None:
 def test_example_loads_as_is() -> None:
     shutil.copy(EXAMPLE, ".env")
     settings = load_settings()
-    assert settings.key_source == "jwks"
+    assert settings.key_source == "jwks keys"
     assert settings.auth_required_scopes == []
 
 

@@ -196,7 +196,7 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: object) 
         )
     settings = load_settings()
     assert settings.auth_audience == "from-dotenv"
-    assert settings.key_source == "shared_secret"
+    assert settings.key_source == "shared_secret keys"
 
 
 def test_tracing_is_off_unless_set_on_and_refuses_anything_else(
@@ -216,3 +216,16 @@ def test_tracing_on_without_its_packages_says_how_to_install_them(
     monkeypatch.setattr(app.settings, "_installed", lambda module: False)
     with pytest.raises(ValidationError, match=r"pip install 'videodb-token-broker\[otel\]'"):
         make_settings(otel="on")
+
+
+def test_only_errors_inside_the_provider_list_name_a_provider() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            _env_file=None,
+            videodb_api_key="sk-config-0123456789",
+            auth_hs256_secret="s" * 40,
+            auth_audience="aud",
+            trusted_proxies=["10.0.0.1", 7],
+        )
+    assert str(caught.value).startswith("BROKER_TRUSTED_PROXIES: ")
+    assert "provider" not in str(caught.value)

@@ -28,9 +28,8 @@ def assert_no_secret_in(text: str) -> None:
     assert not JWT.search(text), JWT.search(text)
 
 
-@pytest.fixture(scope="module")
-def idp() -> Iterator[FakeIdentityProvider]:
-    """A real JWKS server over HTTP."""
+def serving_identity_provider() -> Iterator[FakeIdentityProvider]:
+    """A stand-in identity provider with one key, served over HTTP until the generator ends."""
     provider = FakeIdentityProvider()
     server = ThreadedServer(provider)
     provider.issuer_url = server.url
@@ -38,6 +37,12 @@ def idp() -> Iterator[FakeIdentityProvider]:
     server.start()
     yield provider
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[FakeIdentityProvider]:
+    """A real JWKS server over HTTP."""
+    yield from serving_identity_provider()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -122,29 +124,42 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
     fake.reset()
 
 
-def test_demo_prints_curl_lines_that_work_as_printed() -> None:
-    """A token, then a capture session (its id and a token) that its owner reads back."""
+@contextmanager
+def _running_demo(*args: str, curl_lines: int) -> Iterator[tuple[int, list[str], list[str]]]:
+    """`token-broker demo` on a free port until its `curl_lines` curl lines are printed;
+    yields the port, those lines and everything printed until then; Ctrl+C at the end."""
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "demo", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "demo", "--port", str(port), *args],
         env={**clean_env(), "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=REPO / "tests",
     )
-    printed: list[str] = []
     try:
         assert demo.stdout is not None
-        curl_lines: list[str] = []
+        printed: list[str] = []
+        found: list[str] = []
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(curl_lines) < 2:
+        while time.monotonic() < deadline and len(found) < curl_lines:
             line = demo.stdout.readline()
             printed.append(line)
             if line.strip().startswith("curl "):
-                curl_lines.append(line.strip())
-        assert len(curl_lines) == 2, "demo printed no two curl lines"
-        curl_line, session_line = curl_lines
+                found.append(line.strip())
+        assert len(found) == curl_lines, f"demo printed {len(found)} curl lines:\n{printed}"
+        yield port, found, printed
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=15)
+        if demo.stdout is not None:
+            demo.stdout.close()
+    assert demo.returncode in (0, -signal.SIGINT)
+
+
+def test_demo_prints_curl_lines_that_work_as_printed() -> None:
+    """A token, then a capture session (its id and a token) that its owner reads back."""
+    with _running_demo(curl_lines=2) as (port, (curl_line, session_line), printed):
         # one server's start-up lines, not three (the stand-ins start quietly)
         assert sum("Application startup complete" in line for line in printed) == 1
         result = subprocess.run(
@@ -173,48 +188,21 @@ def test_demo_prints_curl_lines_that_work_as_printed() -> None:
         read = httpx.get(f"http://127.0.0.1:{port}{location}", headers={name: value})
         assert read.status_code == 200
         assert read.json()["session_id"] == session["session_id"]
-    finally:
-        demo.send_signal(signal.SIGINT)
-        demo.wait(timeout=15)
-        if demo.stdout is not None:
-            demo.stdout.close()
-    assert demo.returncode in (0, -signal.SIGINT)
 
 
 def test_demo_with_two_providers_prints_a_working_line_for_each() -> None:
     """`make demo PROVIDERS=2`: the list style, one VideoDB user per provider."""
-    port = free_port()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--providers", "2"],
-        env={**clean_env(), "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO / "tests",
-    )
-    try:
-        assert demo.stdout is not None
-        curl_lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(curl_lines) < 3:
-            line = demo.stdout.readline().strip()
-            if line.startswith("curl "):
-                curl_lines.append(line)
-        assert len(curl_lines) == 3, "demo printed no three curl lines"
+    with _running_demo("--providers", "2", curl_lines=3) as (port, curl_lines, _):
         tokens = []
         for line in curl_lines[:2]:
-            result = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+            result = subprocess.run(
+                ["bash", "-c", line], capture_output=True, text=True, timeout=30
+            )
             assert result.returncode == 0
             tokens.append(json.loads(result.stdout)["token"])
         assert tokens[0] != tokens[1]  # the same sub at two providers: two users
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
         assert ready["identity_providers"] == {"web": "ok", "desktop": "ok"}
-    finally:
-        demo.send_signal(signal.SIGINT)
-        demo.wait(timeout=15)
-        if demo.stdout is not None:
-            demo.stdout.close()
-    assert demo.returncode in (0, -signal.SIGINT)
 
 
 def test_serve_terminates_tls_itself_and_sends_hsts(

@@ -16,7 +16,12 @@ from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.oidc_provider import OidcProvider
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
-from tests.integration.conftest import API_KEY, TOKEN_PATH, assert_no_secret_in
+from tests.integration.conftest import (
+    API_KEY,
+    TOKEN_PATH,
+    assert_no_secret_in,
+    serving_identity_provider,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +31,7 @@ AUDIENCE = "https://broker.integration.test"
 @pytest.fixture(scope="module")
 def second_idp() -> Iterator[FakeIdentityProvider]:
     """Another provider, with a key and an issuer of its own."""
-    provider = FakeIdentityProvider()
-    server = ThreadedServer(provider)
-    provider.issuer_url = server.url
-    provider.rotate()
-    server.start()
-    yield provider
-    server.stop()
+    yield from serving_identity_provider()
 
 
 def _several(*providers: dict[str, object], videodb_url: str) -> dict[str, str]:
@@ -55,6 +54,12 @@ def _entry(idp: FakeIdentityProvider, name: str) -> dict[str, object]:
     }
 
 
+def _down() -> dict[str, object]:
+    """A provider whose host refuses connections."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    return {"name": "down", "issuer": nowhere, "audience": AUDIENCE, "user_id_prefix": "down:"}
+
+
 def _post(broker: BrokerProcess, token: str) -> httpx.Response:
     return httpx.post(broker.url + TOKEN_PATH, headers={"Authorization": f"Bearer {token}"})
 
@@ -66,13 +71,8 @@ def test_three_providers_one_down_forged_tokens_crossing(
 ) -> None:
     fake, server = videodb_server
     fake.reset()
-    nowhere = f"http://127.0.0.1:{free_port()}"  # a provider whose host refuses connections
-    down: dict[str, object] = {
-        "name": "down",
-        "issuer": nowhere,
-        "audience": AUDIENCE,
-        "user_id_prefix": "down:",
-    }
+    down = _down()
+    nowhere = str(down["issuer"])
     settings = _several(
         _entry(idp, "web"), _entry(second_idp, "desktop"), down, videodb_url=server.url
     )
@@ -114,13 +114,6 @@ def test_check_reports_each_provider_on_its_own_line(
     videodb_server: tuple[FakeVideoDB, ThreadedServer],
 ) -> None:
     _, server = videodb_server
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    down: dict[str, object] = {
-        "name": "down",
-        "issuer": nowhere,
-        "audience": AUDIENCE,
-        "user_id_prefix": "down:",
-    }
 
     def check(*providers: dict[str, object]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -136,10 +129,10 @@ def test_check_reports_each_provider_on_its_own_line(
 
     ok = check(_entry(idp, "web"), _entry(second_idp, "desktop"))
     assert ok.returncode == 0, ok.stdout
-    assert "ok   configuration: valid (2 provider(s) keys)" in ok.stdout
+    assert "ok   configuration: valid (2 identity providers, BROKER_AUTH_ISSUERS)" in ok.stdout
     assert "ok   signing_keys [web]: 1 key(s) from JWKS at http://127.0.0.1" in ok.stdout
     assert "ok   signing_keys [desktop]: 1 key(s)" in ok.stdout
-    failed = check(_entry(idp, "web"), down)
+    failed = check(_entry(idp, "web"), _down())
     assert failed.returncode == 1
     assert "ok   signing_keys [web]" in failed.stdout
     assert "FAIL signing_keys [down]: ConnectError fetching" in failed.stdout
