@@ -52,6 +52,10 @@ class State(TypedDict):
     services: Services
 
 
+# Polled by orchestrators and Prometheus: no log line unless it failed, no trace.
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def settings_or_exit() -> Settings:
     """Settings from the environment; on a broken rule, one line on stderr and exit 2."""
     try:
@@ -197,13 +201,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
-    app.add_middleware(
-        RequestContextMiddleware, quiet_paths=frozenset({"/healthz", "/readyz", "/metrics"})
-    )
+    app.add_middleware(RequestContextMiddleware, quiet_paths=OPERATIONS_PATHS)
     if settings.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     if tracing is not None:  # outermost: it sees the real peer, before proxy headers
         from app.observability.otel import TracingMiddleware
 
-        app.add_middleware(TracingMiddleware, tracing_=tracing)
+        app.add_middleware(TracingMiddleware, tracing_=tracing, quiet_paths=OPERATIONS_PATHS)
     return app

@@ -178,14 +178,18 @@ def _parent(scope: Scope, tracing_: Tracing) -> Context | None:
 
 class TracingMiddleware:
     """The request span, outermost: it sees the connection's real peer, before any proxy
-    header is believed, and every layer inside runs within it."""
+    header is believed, and every layer inside runs within it. Probes and scrapes
+    (`quiet_paths`) get none: a trace every few seconds per pod would bury the real ones."""
 
-    def __init__(self, app: ASGIApp, *, tracing_: Tracing) -> None:
+    def __init__(
+        self, app: ASGIApp, *, tracing_: Tracing, quiet_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.tracing = tracing_
+        self.quiet_paths = quiet_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.quiet_paths:
             await self.app(scope, receive, send)
             return
         method = scope["method"]

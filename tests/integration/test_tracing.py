@@ -97,6 +97,7 @@ def test_a_token_request_yields_a_trace_of_where_its_time_went_and_no_secret(
         assert _post(broker, jwt).status_code == 200  # from the cache
         refused = _post(broker, jwt + "x")
         assert refused.status_code == 401
+        assert httpx.get(broker.url + "/readyz").status_code == 200  # a probe: no trace
         created = _post(broker, jwt, path="/v1/capture/sessions", json={})
         assert created.status_code == 201, created.text
         request_id = minted.headers["x-request-id"]
@@ -134,6 +135,8 @@ def test_a_token_request_yields_a_trace_of_where_its_time_went_and_no_secret(
         if child is not request:
             assert request["start"] <= child["start"] <= child["end"] <= request["end"]
 
+    routes = {s["attributes"].get("http.route") for s in spans}
+    assert not routes & {"/healthz", "/readyz", "/metrics"}  # probes and scrapes: no trace
     cached = [s for s in spans if s["name"] == "broker.token" and s is not token]
     assert any(s["attributes"]["broker.token.source"] == "cache" for s in cached)
     (refusal,) = [
