@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -22,11 +22,12 @@ class Provider:
     keys: SigningKeys
     allowed: frozenset[str]
     required_scopes: frozenset[str]
+    # Its configured name or host: what logs, metrics and /readyz show. Worked out once (a
+    # host comes from parsing a URL), as every request's principal carries it.
+    label: str = field(init=False)
 
-    @property
-    def label(self) -> str:
-        """Its configured name or host: what logs, metrics and /readyz show."""
-        return self.config.label
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.config.label)
 
     @property
     def state(self) -> str:
