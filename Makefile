@@ -13,11 +13,15 @@ help: ## list the targets
 $(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
-	@# The runtime and the dev tools exactly as locked (hashes checked), then the broker itself.
-	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
-	@# setuptools prints a boxed notice on every editable install ("Editable installation."):
-	@# informational only, and the first thing a newcomer would read; silenced by its text.
-	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q --no-deps -e .
+	@# Exactly the locked files, hashes checked, and nothing else. --no-deps: pip resolves nothing
+	@# against the index, so a release made after the lock cannot change or break the install
+	@# (the lock is complete: `pip check` proves it). The lock's own pip replaces the stock one.
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip check
+	@# The broker itself, built with the locked setuptools: an isolated build would fetch the
+	@# newest setuptools from the index. setuptools prints a boxed notice on every editable
+	@# install ("Editable installation."): informational only, silenced by its text.
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the broker with its dev tools
