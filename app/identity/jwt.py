@@ -180,7 +180,7 @@ def read_header(token: str) -> TokenHeader:
         raise TokenRejected("malformed", "not a signed JWT (three dot-separated parts)")
     try:
         header = _b64_json(parts[0])
-    except (ValueError, UnicodeError, binascii.Error):
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):  # nested past the parser
         raise TokenRejected("malformed", "token header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise TokenRejected("malformed", "token header is not a JSON object")

@@ -14,7 +14,19 @@ from cryptography.hazmat.primitives import serialization
 from jose import jwk as jose_jwk
 
 from app.sandbox.dev_issuer import DevIssuer
-from tests.conftest import AUDIENCE, ISSUER, TOKEN_PATH, Build, bearer
+from app.settings import Settings
+from tests.conftest import (
+    API_KEY,
+    AUDIENCE,
+    HS_SECRET,
+    ISSUER,
+    JWKS_URL,
+    TOKEN_PATH,
+    VIDEODB,
+    Build,
+    SettingsFactory,
+    bearer,
+)
 from tests.forge import (
     attacker_ec_pem,
     attacker_rsa_pem,
@@ -131,6 +143,53 @@ async def test_every_attack_is_refused_and_videodb_never_called(
         assert token not in resp.text, name
     assert not network["videodb"].called
     assert not attacker_server.called
+
+
+def _nested_setup(setup: str, make_settings: SettingsFactory) -> Settings:
+    if setup == "jwks":
+        return make_settings()
+    if setup == "hs256":
+        return make_settings(auth_jwks_url=None, auth_hs256_secret=HS_SECRET)
+    providers = [
+        {
+            "name": name,
+            "issuer": iss,
+            "jwks_url": JWKS_URL,
+            "audience": AUDIENCE,
+            "user_id_prefix": f"{name}:",
+        }
+        for name, iss in (("first", ISSUER), ("second", "https://second.idp.test"))
+    ]
+    values: dict[str, Any] = {
+        "videodb_api_key": API_KEY,
+        "videodb_api": VIDEODB,
+        "auth_issuers": providers,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("setup", ["jwks", "hs256", "several_issuers"])
+@pytest.mark.parametrize("part", ["header", "payload"])
+async def test_json_nested_past_the_parser_is_a_401_never_a_500(
+    app_client: Build,
+    make_settings: SettingsFactory,
+    network: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
+    setup: str,
+    part: str,
+) -> None:
+    """1,500 `[` in a 2 KB token: Python's JSON parser gives up with RecursionError."""
+    client = await app_client(_nested_setup(setup, make_settings))
+    nested = b64(b"[" * 1500 + b"]" * 1500)
+    header = b64(b'{"alg":"RS256"}')
+    token = f"{nested}.e30.c2ln" if part == "header" else f"{header}.{nested}.c2ln"
+    resp = await client.post(TOKEN_PATH, headers=bearer(token))
+    assert resp.status_code == 401
+    assert resp.json()["code"] == "invalid_token"
+    assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert not [r for r in logged if r.get("level") in ("error", "critical")], logged
+    assert not network["videodb"].called
 
 
 async def test_unknown_kid_flood_refetches_the_jwks_at_most_once(
