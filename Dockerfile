@@ -9,13 +9,23 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# Two environments: /opt/build holds pip and the locked setuptools that builds the broker's
+# wheel, and stays in this stage; /opt/venv, made without pip, is what the image carries.
+# Everything is installed exactly as locked, hashes checked, with --no-deps: nothing is
+# resolved against the index, so a release made after the lock cannot change the image.
 # Pinned dependencies first, so that code changes do not invalidate this layer.
-COPY requirements.lock ./
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-deps --require-hashes -r requirements.lock
+COPY requirements-build.lock requirements.lock ./
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-deps --require-hashes -r requirements-build.lock \
+    && python -m venv --without-pip /opt/venv \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-deps --require-hashes \
+       -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN /opt/venv/bin/pip install --no-deps . \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-deps --no-index \
+       /tmp/wheels/*.whl \
+    && /opt/build/bin/pip --python /opt/venv/bin/python check \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
 FROM ${PYTHON_IMAGE} AS runtime

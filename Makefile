@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test lint format bench lock clean
+.PHONY: help install demo serve test image-test lint format bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ serve: $(STAMP) ## run the production server with settings from the environment 
 test: $(STAMP) ## run the whole suite (unit and integration) with coverage
 	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
+image-test: $(STAMP) ## build the Dockerfile with buildah (daemonless, as root) and check the image from outside
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null; } || { echo "install buildah and debootstrap: apt-get install buildah debootstrap"; exit 1; }
+	BROKER_TESTS_REQUIRE_ALL=1 $(BIN)/pytest -m image tests/image $(PYTEST_ARGS)
+
 lint: $(STAMP) ## ruff (lint and format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -48,9 +52,10 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 LOCK_FLAGS := -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
 
-lock: $(STAMP) ## re-pin requirements.lock (runtime with [otel], for the image) and requirements-dev.lock (with the dev tools)
+lock: $(STAMP) ## re-pin requirements.lock (runtime with [otel], for the image), requirements-dev.lock (with the dev tools) and requirements-build.lock (what builds the broker's wheel)
 	$(BIN)/pip-compile $(LOCK_FLAGS) --extra otel --output-file requirements.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --extra dev --extra otel --output-file requirements-dev.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --only-build-deps --build-deps-for wheel --output-file requirements-build.lock pyproject.toml
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
