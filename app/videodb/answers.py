@@ -153,13 +153,17 @@ def created_session_from(answer: Answer) -> CaptureSession:
     if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
         log.warning("videodb_unusable", problem="no_session_id")
         raise UpstreamUnusable("VideoDB answered without a usable capture session id.")
-    status = data.get("status")
-    collection = data.get("collection_id")
+    # The session exists now: an odd status or collection (a lone surrogate, say, which no
+    # JSON encoder writes) must not turn its creation into an error; ours stand in for them.
     return CaptureSession(
         session_id=session_id,
-        status=status if isinstance(status, str) and status.isprintable() else "created",
-        collection_id=collection if isinstance(collection, str) else "",
+        status=_printable(data.get("status"), "created"),
+        collection_id=_printable(data.get("collection_id"), ""),
     )
+
+
+def _printable(value: object, otherwise: str) -> str:
+    return value if isinstance(value, str) and value.isprintable() else otherwise
 
 
 def session_record_from(answer: Answer) -> dict[str, object]:

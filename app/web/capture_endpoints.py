@@ -5,6 +5,7 @@ Served only with BROKER_CAPTURE_SESSIONS=on (off, the paths are 404 and not docu
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from app.capture.service import CaptureSessions
-from app.errors import BrokerError, InvalidRequest
+from app.errors import BrokerError, InvalidRequest, UpstreamUnusable
 from app.observability import metrics
 from app.observability.fingerprints import fingerprint
 from app.rate_limit import UserRateLimiter
@@ -30,6 +31,10 @@ from app.web.token_endpoint import requested_lifetime
 SESSIONS_PATH = "/v1/capture/sessions"
 MAX_BODY_BYTES = 4096
 MAX_METADATA_BYTES = 2048
+# Objects and arrays inside one another, metadata itself the first: far past what anyone
+# means, far short of where Python's JSON (about 1,000) or orjson (255) give up.
+MAX_METADATA_DEPTH = 64
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 WS_CONNECTION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
 _FIELDS = frozenset({"metadata", "ws_connection_id", "expires_in"})
 
@@ -102,6 +107,10 @@ def creation_request(
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise InvalidRequest("metadata must be a JSON object.")
+        if _deeper_than(metadata, MAX_METADATA_DEPTH):
+            raise InvalidRequest(
+                f"metadata may nest objects and arrays at most {MAX_METADATA_DEPTH} deep."
+            )
         try:  # NaN and Infinity parse, but are no JSON VideoDB could read
             compact = json.dumps(
                 metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -111,6 +120,51 @@ def creation_request(
         if len(compact) > MAX_METADATA_BYTES:
             raise InvalidRequest(f"metadata may hold at most {MAX_METADATA_BYTES} bytes of JSON.")
     return ttl, ws_connection_id, metadata
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether objects and arrays nest past `limit` (counted without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def json_body(document: dict[str, Any]) -> bytes:
+    """JSON of what VideoDB stored, whatever it holds; never an encoder's error (a 500).
+
+    orjson writes nearly every answer. What it refuses, the standard library writes:
+    integers past 64 bits as they are, lone surrogates (no UTF-8 can carry them) as U+FFFD,
+    NaN and Infinity as null (as orjson does). Nested too deep even for that, it is a 502.
+    """
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        text = json.dumps(
+            _portable(document), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        )
+    except (ValueError, RecursionError):
+        raise UpstreamUnusable("VideoDB's record of this session cannot be passed on.") from None
+    return text.encode()
+
+
+def _portable(value: object) -> object:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_portable(key): _portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_portable(item) for item in value]
+    return value
 
 
 def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter]:
@@ -177,7 +231,7 @@ async def create_capture_session(request: Request) -> Response:
         "expires_in": max(0, minted.expires_at - int(time.time())),
     }
     headers = {**NO_STORE, "Location": f"{SESSIONS_PATH}/{session.session_id}"}
-    return Response(orjson.dumps(body), 201, headers=headers, media_type="application/json")
+    return Response(json_body(body), 201, headers=headers, media_type="application/json")
 
 
 @router.get(
@@ -205,4 +259,4 @@ async def read_capture_session(request: Request, session_id: str) -> Response:
         raise InvalidRequest("session_id must be 1-128 characters of A-Z a-z 0-9 _ -")
     await services.limiter.check(user.user_id)
     view = await sessions.read(user.user_id, session_id)
-    return Response(orjson.dumps(view), media_type="application/json", headers=NO_STORE)
+    return Response(json_body(view), media_type="application/json", headers=NO_STORE)

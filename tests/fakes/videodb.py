@@ -34,6 +34,8 @@ class FakeVideoDB:
     # capture sessions fail on their own: None, "401", "404", "500", "503", "hang",
     # "malformed", "no_id", "id_named_id" (as some versions name it), "path_in_id"
     session_fault: str | None = None
+    # fields its session answers carry over what it stored (odd values: a lone surrogate...)
+    session_overrides: dict[str, Any] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     session_calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class FakeVideoDB:
         with self._lock:
             self.fault, self.delay, self.retry_after = None, 0.0, None
             self.session_fault = None
+            self.session_overrides.clear()
             self.calls.clear()
             self.session_calls.clear()
             self.sessions.clear()
@@ -131,15 +134,21 @@ class FakeVideoDB:
             }
             with self._lock:
                 self.sessions[session_id] = record
-            data = dict(record)
+            data = {**record, **self.session_overrides}
             if fault == "no_id":
                 del data["session_id"]
             if fault == "id_named_id":
                 data["id"] = data.pop("session_id")
-            return JSONResponse({"success": True, "data": data})
+            return _escaped_json({"success": True, "data": data})
         if len(parts) == 6 and request.method == "GET":
             found = self.sessions.get(parts[5])
             if found is None:
                 return JSONResponse({"success": False, "message": "Session not found"}, 404)
-            return JSONResponse({"success": True, "data": found})
+            return _escaped_json({"success": True, "data": {**found, **self.session_overrides}})
         return JSONResponse({"success": False, "message": "not found"}, 404)
+
+
+def _escaped_json(content: dict[str, Any]) -> Response:
+    """JSON with everything past ASCII escaped, so that a lone surrogate can be sent (as
+    `\\ud800`, which JSON's grammar allows and UTF-8 cannot carry)."""
+    return Response(json.dumps(content), media_type="application/json")

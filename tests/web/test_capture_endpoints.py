@@ -357,3 +357,85 @@ async def test_on_the_openapi_document_describes_both_calls(
 
 def test_the_base_url_is_the_contracts() -> None:
     assert VIDEODB == "https://videodb.test"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """An object `depth` deep: the object itself and depth - 1 arrays inside it."""
+    inner: Any = []
+    for _ in range(depth - 2):
+        inner = [inner]
+    return {"a": inner}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"n": 10**30}, {"n": -(10**30), "f": 1e308}, _nested(64)],
+    ids=["integer_past_64_bits", "negative_and_huge_float", "nested_64_deep"],
+)
+async def test_what_a_session_was_created_with_reads_back(
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
+    issuer: DevIssuer,
+    fake: FakeVideoDB,
+    metadata: dict[str, Any],
+) -> None:
+    client = await capture_client()
+    ada = bearer(issuer.mint("ada", AUDIENCE))
+    created = await client.post(SESSIONS, json={"metadata": metadata}, headers=ada)
+    assert created.status_code == 201
+    read = await client.get(created.headers["location"], headers=ada)
+    assert read.status_code == 200
+    assert read.json()["metadata"] == metadata
+    assert read.headers["content-type"] == "application/json"
+
+
+async def test_metadata_nested_past_64_is_refused_at_creation(
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
+    issuer: DevIssuer,
+    fake: FakeVideoDB,
+) -> None:
+    client = await capture_client()
+    ada = bearer(issuer.mint("ada", AUDIENCE))
+    for depth in (65, 256, 900):  # 256: past orjson's limit; 900: near the parser's
+        arrays = "[" * (depth - 1) + "]" * (depth - 1)
+        body = '{"metadata": {"a": ' + arrays + "}}"  # 1.8 KB at 900: under the byte limit
+        resp = await client.post(SESSIONS, content=body, headers=ada)
+        assert resp.status_code == 422, depth
+        assert "at most 64 deep" in resp.json()["detail"]
+    assert fake.session_calls == []
+
+
+async def test_odd_values_videodb_stored_read_back_and_never_make_a_500(
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
+    issuer: DevIssuer,
+    fake: FakeVideoDB,
+) -> None:
+    client = await capture_client()
+    ada = bearer(issuer.mint("ada", AUDIENCE))
+    location = (await client.post(SESSIONS, headers=ada)).headers["location"]
+    fake.session_overrides.update(
+        created_at=10**30,
+        status="\ud800",
+        export_status="half \udfff pair",
+        metadata={"\ud83d": ["ok", "\ud83d\ude00"], "inf": float("inf")},
+    )
+    resp = await client.get(location, headers=ada)
+    assert resp.status_code == 200
+    view = json.loads(resp.content.decode("utf-8"))  # strict UTF-8: no surrogate in it
+    assert view["created_at"] == 10**30
+    assert view["status"] == "\ufffd"
+    assert view["export_status"] == "half \ufffd pair"
+    assert view["metadata"] == {"\ufffd": ["ok", "\U0001f600"], "inf": None}
+
+
+async def test_an_odd_collection_in_videodbs_creation_answer_still_gives_the_session(
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
+    issuer: DevIssuer,
+    fake: FakeVideoDB,
+) -> None:
+    fake.session_overrides.update(collection_id="\ud800", status="\udfff")
+    client = await capture_client()
+    resp = await client.post(SESSIONS, headers=bearer(issuer.mint("ada", AUDIENCE)))
+    assert resp.status_code == 201  # the session exists: its creation is not an error
+    body = json.loads(resp.content.decode("utf-8"))
+    assert (body["collection_id"], body["status"]) == ("col-partner", "created")
+    assert body["session_id"] in fake.sessions
