@@ -104,6 +104,15 @@ class UpstreamError(BrokerError):
     title = "VideoDB answered unusably"
 
 
+class UpstreamKeyRefused(UpstreamError):
+    """VideoDB refused the broker's own credentials (401/403): an operator's problem, and on
+    the token call, the proof that the key is revoked or wrong."""
+
+
+class UpstreamRefused(UpstreamError):
+    """VideoDB refused what was asked (another 4xx): about the request, not the key."""
+
+
 class UpstreamUnusable(UpstreamError):
     """VideoDB answered, but with something we cannot use: a malfunction, which the circuit
     breaker counts (a refusal, 4xx, is VideoDB deciding and does not count)."""

@@ -44,8 +44,8 @@ UPSTREAM_LATENCY = Histogram(
 )
 UPSTREAM_OUTCOMES = Counter(
     "broker_upstream_requests_total",
-    "VideoDB calls by operation and outcome (ok, unavailable, unusable, error, timeout, "
-    "circuit_open, not_found, cancelled, other)",
+    "VideoDB calls by operation and outcome (ok, unavailable, unusable, key_refused, refused, "
+    "timeout, circuit_open, not_found, cancelled, other)",
     ["operation", "outcome"],
 )
 CAPTURE_SESSIONS = Counter(

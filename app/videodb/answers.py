@@ -11,7 +11,13 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
-from app.errors import NotFound, UpstreamError, UpstreamUnavailable, UpstreamUnusable
+from app.errors import (
+    NotFound,
+    UpstreamKeyRefused,
+    UpstreamRefused,
+    UpstreamUnavailable,
+    UpstreamUnusable,
+)
 from app.observability.fingerprints import fingerprint
 from app.timestamps import plausible_seconds
 
@@ -97,10 +103,10 @@ def _raise_for_status(answer: Answer, expected: int = 200) -> None:
     if status in (401, 403):
         # VideoDB refused our key: an operator problem, never the end user's.
         log.error("videodb_refused_key", status=status)
-        raise UpstreamError("VideoDB refused the broker's credentials; contact the operator.")
+        raise UpstreamKeyRefused("VideoDB refused the broker's credentials; contact the operator.")
     if status != expected:
         log.warning("videodb_refused", status=status)
-        raise UpstreamError(f"VideoDB refused the request (HTTP {status}).")
+        raise UpstreamRefused(f"VideoDB refused the request (HTTP {status}).")
 
 
 def _data(answer: Answer) -> dict[str, object]:

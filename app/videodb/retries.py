@@ -19,7 +19,8 @@ from tenacity import (
 
 from app.errors import (
     NotFound,
-    UpstreamError,
+    UpstreamKeyRefused,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnusable,
@@ -67,8 +68,10 @@ def _outcome(exc: BaseException | None) -> str:
         return "unavailable"
     if isinstance(exc, UpstreamUnusable):
         return "unusable"
-    if isinstance(exc, UpstreamError):
-        return "error"
+    if isinstance(exc, UpstreamKeyRefused):
+        return "key_refused"  # 401/403: the key itself (on the token call, proof it is bad)
+    if isinstance(exc, UpstreamRefused):
+        return "refused"  # another 4xx: what one caller asked for, never the key
     if isinstance(exc, NotFound):
         return "not_found"
     return "cancelled" if isinstance(exc, asyncio.CancelledError) else "other"

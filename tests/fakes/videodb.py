@@ -31,7 +31,7 @@ class FakeVideoDB:
     fault: str | None = None
     delay: float = 0.0
     retry_after: str | None = None
-    # capture sessions fail on their own: None, "401", "404", "500", "503", "hang",
+    # capture sessions fail on their own: None, "400", "401", "403", "404", "500", "503", "hang",
     # "malformed", "no_id", "id_named_id" (as some versions name it), "path_in_id"
     session_fault: str | None = None
     # fields its session answers carry over what it stored (odd values: a lone surrogate...)
@@ -111,7 +111,7 @@ class FakeVideoDB:
             await asyncio.sleep(30)
         if fault in ("500", "503"):
             return JSONResponse({"success": False, "message": echo}, int(fault))
-        if fault in ("401", "404"):
+        if fault in ("400", "401", "403", "404"):
             return JSONResponse({"success": False, "message": echo}, int(fault))
         if fault == "malformed":
             return PlainTextResponse("<html>" + echo, 200)

@@ -439,3 +439,46 @@ async def test_an_odd_collection_in_videodbs_creation_answer_still_gives_the_ses
     body = json.loads(resp.content.decode("utf-8"))
     assert (body["collection_id"], body["status"]) == ("col-partner", "created")
     assert body["session_id"] in fake.sessions
+
+
+def _upstream(metrics: httpx.Response, operation: str, outcome: str) -> float:
+    """broker_upstream_requests_total for this operation and outcome."""
+    label = f'broker_upstream_requests_total{{operation="{operation}",outcome="{outcome}"}} '
+    lines = [line for line in metrics.text.splitlines() if line.startswith(label)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def test_a_refusal_of_what_a_user_asked_is_counted_apart_from_a_refused_key(
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    fake: FakeVideoDB,
+) -> None:
+    """The key alert pages on outcome="key_refused" of the token call alone
+    (deploy/prometheus/alerts.yaml): no user can make it fire with requests of theirs."""
+    client = await capture_client(circuit_failure_threshold=100)
+    ada = bearer(issuer.mint("ada", AUDIENCE))
+    series = [
+        (operation, outcome)
+        for operation in ("token", "create_capture_session")
+        for outcome in ("refused", "key_refused", "error")
+    ]
+    before = {s: _upstream(await client.get("/metrics"), *s) for s in series}
+
+    fake.session_fault = "400"  # VideoDB refuses what this user asked for
+    for _ in range(3):
+        resp = await client.post(SESSIONS, json={"metadata": {"odd": 1}}, headers=ada)
+        assert resp.status_code == 502
+        assert resp.json()["code"] == "upstream_error"
+    after = {s: _upstream(await client.get("/metrics"), *s) for s in series}
+    changed = {s: after[s] - before[s] for s in series if after[s] != before[s]}
+    assert changed == {("create_capture_session", "refused"): 3}
+
+    fake.session_fault = "403"  # the key may not use this collection: not the key revoked
+    assert (await client.post(SESSIONS, headers=ada)).status_code == 502
+    network["videodb"].mock(return_value=httpx.Response(401, json={"success": False}))
+    bob = bearer(issuer.mint("bob", AUDIENCE))  # a token call VideoDB refuses: the key is bad
+    assert (await client.post("/v1/capture/session/token", headers=bob)).status_code == 502
+    last = {s: _upstream(await client.get("/metrics"), *s) for s in series}
+    changed = {s: last[s] - after[s] for s in series if last[s] != after[s]}
+    assert changed == {("create_capture_session", "key_refused"): 1, ("token", "key_refused"): 1}
