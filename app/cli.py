@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 import tempfile
 from collections.abc import Sequence
 
 import uvicorn
 
-from app.identity.provider_config import ProviderConfig
+from app.live_checks import PROBE_USER_ID, live_checks
 from app.observability.logs import configure_logging, uvicorn_log_config
 from app.settings import ConfigError, Settings, load_settings
 from app.web.server_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
@@ -42,8 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(exc.problems)
+    tls = tls_problems(settings)
+    if tls:
+        return _refuse(tls)
     configure_logging(settings.log_level, settings.log_format)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; /metrics sums them (prometheus-client's
@@ -66,39 +69,56 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_keys(settings: Settings) -> list[tuple[bool, str]]:
-    """One line per identity provider: its keys loaded, or why not."""
-    import httpx
-
-    from app.identity.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
-
-    async def one(client: httpx.AsyncClient, provider: ProviderConfig) -> tuple[bool, str]:
-        keys = signing_keys_for(provider, client)
-        where = f"signing_keys [{provider.label}]"
-        if isinstance(keys, JwksKeys):
-            try:
-                await keys.load_once()
-            except KeyFetchError as exc:
-                return False, f"{where}: {exc}"
-        count = sum(len(algs) for algs in keys.ring.values())
-        return True, f"{where}: {count} key(s) from {keys.describe()}"
-
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=3.0)) as client:
-        return list(await asyncio.gather(*(one(client, p) for p in settings.identity_providers)))
+def _refuse(problems: list[str]) -> int:
+    """Each configuration problem on its own line, on stderr; the exit status of `serve`."""
+    for problem in problems:
+        print(f"configuration error: {problem}", file=sys.stderr)
+    return 2
 
 
-def _check(_: argparse.Namespace) -> int:
+def tls_problems(settings: Settings) -> list[str]:
+    """Whether the certificate and key can be read and belong together (uvicorn would stop
+    with a traceback): one line per problem, naming the variable."""
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        return []
+    problems = []
+    for variable, path in (
+        ("BROKER_TLS_CERT_FILE", settings.tls_cert_file),
+        ("BROKER_TLS_KEY_FILE", settings.tls_key_file),
+    ):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"{variable}: the file cannot be read ({exc.strerror or exc})")
+    if problems:
+        return problems
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert_file, settings.tls_key_file
+        )
+    except ssl.SSLError:
+        return [
+            "BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE: not a PEM certificate and its private "
+            "key (or the key does not match the certificate)"
+        ]
+    return []
+
+
+def _check(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"FAIL configuration: {exc}")
+        for problem in exc.problems:
+            print(f"FAIL configuration: {problem}")
         return 1
-    results = [(True, f"configuration: valid ({settings.key_source})")]
-    results.extend(asyncio.run(_check_keys(settings)))
-    for label, path in (("tls_cert", settings.tls_cert_file), ("tls_key", settings.tls_key_file)):
-        if path:
-            readable = os.access(path, os.R_OK)
-            results.append((readable, f"{label}: {'readable' if readable else 'not readable'}"))
+    tls = tls_problems(settings)
+    results = [(False, f"configuration: {problem}") for problem in tls] or [
+        (True, f"configuration: valid ({settings.key_source})")
+    ]
+    if args.live:
+        configure_logging("CRITICAL", "console")  # the probes' own warnings: the lines say it
+        results += asyncio.run(live_checks(settings))
     for ok, line in results:
         print(f"{'ok  ' if ok else 'FAIL'} {line}")
     return 0 if all(ok for ok, _ in results) else 1
@@ -142,7 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"proxy or load balancer in front (default {KEEP_ALIVE_S})",
     )
     serve.set_defaults(handler=_serve)
-    check = commands.add_parser("check", help="validate configuration and load signing keys")
+    check = commands.add_parser("check", help="validate the configuration (exit 1 if broken)")
+    check.add_argument(
+        "--live",
+        action="store_true",
+        help="also prove what is live: VideoDB accepts the key (one token of the shortest "
+        f"lifetime for user '{PROBE_USER_ID}'), Redis answers the broker's commands, each "
+        "identity provider's keys load",
+    )
     check.set_defaults(handler=_check)
     demo = commands.add_parser("demo", help="a local sandbox: no account, no identity provider")
     demo.add_argument("--port", type=int, default=8080)

@@ -57,11 +57,12 @@ OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def settings_or_exit() -> Settings:
-    """Settings from the environment; on a broken rule, one line on stderr and exit 2."""
+    """Settings from the environment; on broken rules, one line each on stderr and exit 2."""
     try:
         return load_settings()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

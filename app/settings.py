@@ -17,7 +17,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from app.identity.provider_config import (
     JWKS_ALGORITHMS,
@@ -26,10 +32,12 @@ from app.identity.provider_config import (
     IssuerEntry,
     ProviderConfig,
 )
+from app.secret_files import SecretFileError, SecretFilesSource
 from app.urls import require_secure_url
 
 MIN_SHARED_SECRET_BYTES = 32
 MIN_KEY_CHARS = 8  # 'sk-' and a little: real keys are far longer; this catches 'sk-' alone
+PLACEHOLDER_KEY = "sk-replace-me"  # .env.example's, copied and never filled in
 _SENDABLE_MIN, _SENDABLE_MAX = 0x21, 0x7E  # visible ASCII: what an HTTP header value can carry
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
@@ -37,7 +45,12 @@ CommaList = Annotated[list[str], NoDecode]
 
 
 class ConfigError(Exception):
-    """A configuration rule is broken; the message names the variable and the rule only."""
+    """Configuration rules are broken: one line per problem, naming the variable and the rule
+    only, never a value."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(problems[0] if len(problems) == 1 else "; ".join(problems))
+        self.problems = list(problems)
 
 
 def _split_commas(value: object) -> object:
@@ -57,6 +70,20 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
         populate_by_name=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment and .env as pydantic-settings reads them, and each secret's
+        `_FILE` variable (app/secret_files.py)."""
+        secret_files = SecretFilesSource(settings_cls)
+        return init_settings, secret_files, env_settings, dotenv_settings, file_secret_settings
 
     videodb_api_key: SecretStr = Field(
         validation_alias=AliasChoices("VIDEO_DB_API_KEY", "VIDEODB_API_KEY"),
@@ -152,6 +179,10 @@ class Settings(BaseSettings):
         if not all(_SENDABLE_MIN <= ord(c) <= _SENDABLE_MAX for c in raw):
             # It travels in an HTTP header: anything outside visible ASCII cannot be sent.
             raise ValueError("holds a character that is not visible ASCII (non-ASCII or control)")
+        if raw == PLACEHOLDER_KEY:
+            raise ValueError(
+                "is still the placeholder from .env.example: set your VideoDB secret key"
+            )
         if not raw.startswith("sk-"):
             raise ValueError("must be a VideoDB secret key starting with 'sk-'")
         if len(raw) < MIN_KEY_CHARS:
@@ -421,14 +452,17 @@ def env_name(field: str) -> str:
     return f"BROKER_{field.upper()}"
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming the variable and the rule; never the value."""
-    first = exc.errors(include_input=False, include_url=False)[0]
-    loc = [str(part) for part in first["loc"]]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "missing":
+def describe_validation_errors(exc: ValidationError) -> list[str]:
+    """One line per broken rule, naming the variable and the rule; never the value."""
+    return [_describe(error) for error in exc.errors(include_input=False, include_url=False)]
+
+
+def _describe(error: ErrorDetails) -> str:
+    loc = [str(part) for part in error["loc"]]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
         message = "is required"
-    elif first["type"] == "extra_forbidden":
+    elif error["type"] == "extra_forbidden":
         message = "is not a setting a provider has"
     if not loc:
         return message
@@ -444,8 +478,11 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment (and .env); raise ConfigError on a broken rule."""
+    """Read settings from the environment, .env and `_FILE` secrets; raise ConfigError with
+    every broken rule found."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SecretFileError as exc:
+        raise ConfigError(*exc.problems) from None
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        raise ConfigError(*describe_validation_errors(exc)) from None

@@ -1,4 +1,5 @@
-"""`.env.example` documents every setting and is itself a valid configuration."""
+"""`.env.example` documents every setting and is a valid configuration once the VideoDB key is
+filled in (as it is, `check` and `serve` refuse its placeholder key)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import pytest
 from app.settings import ConfigError, Settings, env_name, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+PLACEHOLDER_LINE = "VIDEO_DB_API_KEY=sk-replace-me\n"
+
+
+def _filled_in(text: str) -> str:
+    """The example with the one value every user must fill in."""
+    assert PLACEHOLDER_LINE in text
+    return text.replace(PLACEHOLDER_LINE, "VIDEO_DB_API_KEY=sk-a-real-key-0123456789\n")
 
 
 def test_every_setting_is_listed_with_a_comment() -> None:
@@ -25,8 +33,17 @@ def test_every_setting_is_listed_with_a_comment() -> None:
         )
 
 
-def test_example_loads_as_is() -> None:
+def test_example_as_is_is_refused_for_its_placeholder_key_alone() -> None:
     shutil.copy(EXAMPLE, ".env")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "VIDEO_DB_API_KEY: is still the placeholder from .env.example: set your VideoDB secret key"
+    ]
+
+
+def test_example_loads_once_the_key_is_filled_in() -> None:
+    Path(".env").write_text(_filled_in(EXAMPLE.read_text()))
     settings = load_settings()
     assert settings.key_source == "jwks keys"
     assert settings.auth_required_scopes == []
@@ -43,7 +60,7 @@ def test_the_several_providers_example_loads_once_uncommented() -> None:
     }
     lines = []
     in_list = False
-    for line in EXAMPLE.read_text().splitlines():
+    for line in _filled_in(EXAMPLE.read_text()).splitlines():
         if line.split("=", 1)[0] in replaced:
             continue  # as the comment says: the single-issuer lines go
         if line.startswith("# BROKER_AUTH_ISSUERS="):
@@ -62,7 +79,7 @@ def test_the_several_providers_example_loads_once_uncommented() -> None:
 
 
 def test_the_several_providers_example_beside_the_single_issuer_lines_is_refused() -> None:
-    text = EXAMPLE.read_text()
+    text = _filled_in(EXAMPLE.read_text())
     text += '\nBROKER_AUTH_ISSUERS=\'[{"issuer": "https://a.example", "audience": "x"}]\'\n'
     Path(".env").write_text(text)
     with pytest.raises(ConfigError, match=r"^BROKER_AUTH_ISSUERS replaces BROKER_AUTH_ALGORITHMS"):

@@ -70,26 +70,6 @@ def test_bad_configuration_stops_with_one_clear_line(command: list[str]) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_check_reports_each_check_and_exit_status(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
-) -> None:
-    _, server = videodb_server
-    ok = _run([sys.executable, "-m", "app.cli", "check"], broker_settings(idp, server.url))
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert re.search(r"^ok\s+configuration", ok.stdout, re.M)
-    assert re.search(r"^ok\s+signing_keys \[127\.0\.0\.1\]: \d+ key", ok.stdout, re.M)
-    down = broker_settings(
-        idp, server.url, BROKER_AUTH_JWKS_URL=f"http://127.0.0.1:{free_port()}/j"
-    )
-    failed = _run([sys.executable, "-m", "app.cli", "check"], down)
-    assert failed.returncode == 1
-    assert re.search(r"^FAIL signing_keys", failed.stdout, re.M)
-    bad = _run([sys.executable, "-m", "app.cli", "check"], BAD_CONFIG)
-    assert bad.returncode == 1
-    assert bad.stdout.startswith("FAIL configuration: BROKER_AUTH_JWKS_URL")
-    assert API_KEY not in ok.stdout + failed.stdout + bad.stdout
-
-
 def test_sigterm_finishes_in_flight_requests_then_exits(
     idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
 ) -> None:
