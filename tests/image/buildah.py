@@ -146,11 +146,15 @@ class Container:
         return [require_binary("buildah"), "run", *options, self.name, "--", *argv]
 
     def run(
-        self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 120
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        volumes: dict[Path, str] | None = None,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Run `argv` to its end."""
         return subprocess.run(
-            self.command(argv, env or {}, {}),
+            self.command(argv, env or {}, volumes or {}),
             capture_output=True,
             text=True,
             timeout=timeout,

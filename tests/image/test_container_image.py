@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import signal
+import ssl
 import subprocess
 import tarfile
 import time
@@ -21,10 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from jose import jwt
 
-from tests.fakes.broker_process import free_port
+from tests.fakes.broker_process import REPO, free_port
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.servers import ThreadedServer
+from tests.fakes.tls import self_signed_certificate
 from tests.fakes.videodb import FakeVideoDB
 from tests.image.buildah import (
     Container,
@@ -35,12 +39,13 @@ from tests.image.buildah import (
     image_config,
     layer_archives,
 )
-from tests.integration.conftest import AUDIENCE, assert_no_secret_in, broker_settings
+from tests.integration.conftest import API_KEY, AUDIENCE, assert_no_secret_in, broker_settings
 
 pytestmark = pytest.mark.image
 
 IMAGE_USER = "10001:10001"
 GRACE_PERIOD_S = 40  # the Kubernetes manifests' terminationGracePeriodSeconds
+SHARED_SECRET = "image-test-shared-secret-32-bytes!!"
 CANARY = f"sk-canary-{uuid.uuid4().hex}"
 SECRETISH = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.I)
 ABSENT_FROM_THE_IMAGE = ("pip", "setuptools", "wheel", "watchfiles", "websockets")
@@ -113,7 +118,7 @@ def test_serve_configured_by_the_environment_mints_and_stops_on_sigterm(
     with _started(container.command(entrypoint, env, {})) as launcher:
         url = f"http://127.0.0.1:{port}"
         _wait_for(url + "/readyz", launcher)
-        assert _health_check(image, env) == 0
+        assert _health_checks(image, env) == {"image": 0, "compose": 0}
         bearer = idp.issuers[-1].mint("image-user", AUDIENCE, lifetime=120)
         resp = httpx.post(
             url + "/v1/capture/session/token", headers={"Authorization": f"Bearer {bearer}"}
@@ -127,8 +132,64 @@ def test_serve_configured_by_the_environment_mints_and_stops_on_sigterm(
         assert time.monotonic() - stopping < GRACE_PERIOD_S
     assert '"broker_stopped"' in output
     assert "Traceback" not in output
+    assert "Permission denied" not in output
     assert_no_secret_in(output)
     assert [call.body["user_id"] for call in fake.calls] == ["image-user"]  # on the host
+    assert container.run(["ls", "-A", "/srv"]).stdout == ""  # it wrote nothing where it ran
+    assert _health_checks(image, env) == {"image": 1, "compose": 1}  # nobody answers now
+
+
+def test_secrets_mounted_as_files_and_tls_terminated_in_the_container(
+    container: Container,
+    image: str,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    tmp_path: Path,
+) -> None:
+    """As the Kubernetes manifests run it: the key, the shared secret and the certificate
+    come from a mounted Secret, named by `_FILE` variables; the broker speaks only HTTPS."""
+    fake, server = videodb_server
+    fake.reset()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    cert, key = self_signed_certificate(secrets)
+    (secrets / "videodb-api-key").write_text(API_KEY + "\n")
+    (secrets / "hs256-secret").write_text(SHARED_SECRET + "\n")
+    for path in (secrets, *secrets.iterdir()):  # readable by the image's user, as mounted
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "VIDEO_DB_API": server.url,
+        "VIDEO_DB_API_KEY_FILE": "/run/secrets/broker/videodb-api-key",
+        "BROKER_AUTH_HS256_SECRET_FILE": "/run/secrets/broker/hs256-secret",
+        "BROKER_AUTH_AUDIENCE": AUDIENCE,
+        "BROKER_TLS_CERT_FILE": f"/run/secrets/broker/{cert.name}",
+        "BROKER_TLS_KEY_FILE": f"/run/secrets/broker/{key.name}",
+    }
+    volumes = {secrets: "/run/secrets/broker"}
+    entrypoint = image_config(image)["config"]["Entrypoint"]
+    with _started(container.command(entrypoint, env, volumes)) as launcher:
+        url = f"https://127.0.0.1:{port}"
+        verify = ssl.create_default_context(cafile=cert)
+        _wait_for(url + "/readyz", launcher, verify=verify)
+        assert _health_checks(image, env, volumes) == {"image": 0, "compose": 0}
+        plain = {**env, "BROKER_TLS_CERT_FILE": ""}  # asking in plain HTTP gets nowhere
+        assert _health_checks(image, plain, volumes) == {"image": 1, "compose": 1}
+        bearer = jwt.encode(
+            {"sub": "file-user", "aud": AUDIENCE, "exp": int(time.time()) + 60},
+            SHARED_SECRET,
+            algorithm="HS256",
+        )
+        resp = httpx.post(
+            url + "/v1/capture/session/token",
+            headers={"Authorization": f"Bearer {bearer}"},
+            verify=verify,
+        )
+        assert resp.status_code == 200, resp.text
+        os.kill(containerised_process(launcher.pid), signal.SIGTERM)
+        output = launcher.communicate(timeout=GRACE_PERIOD_S)[0]
+    assert [call.headers["x-access-token"] for call in fake.calls] == [API_KEY]
+    assert_no_secret_in(output)
 
 
 def test_the_sandbox_in_the_container_mints_a_token_and_a_capture_session(
@@ -180,15 +241,20 @@ def _started(command: list[str]) -> Iterator[subprocess.Popen[str]]:
             launcher.stdout.close()
 
 
-def _wait_for(url: str, launcher: subprocess.Popen[str], timeout: float = 120) -> None:
-    """Until `url` answers 200 (the first start in a new container compiles nothing, but a
-    busy machine may be slow); the container's output if it stops first."""
+def _wait_for(
+    url: str,
+    launcher: subprocess.Popen[str],
+    timeout: float = 120,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Until `url` answers 200 (a busy machine may be slow to start a container); the
+    container's output if it stops first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if launcher.poll() is not None:
             raise AssertionError(f"the container stopped:\n{launcher.communicate()[0]}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -196,13 +262,22 @@ def _wait_for(url: str, launcher: subprocess.Popen[str], timeout: float = 120) -
     raise AssertionError(f"{url} never answered 200")
 
 
-def _health_check(image: str, env: dict[str, str]) -> int:
-    """The image's HEALTHCHECK command, run as Docker runs it: in the container, with its
-    environment. Its exit status."""
-    test = image_config(image)["config"]["Healthcheck"]["Test"]
-    assert test[0] == "CMD"
+def _health_checks(
+    image: str, env: dict[str, str], volumes: dict[Path, str] | None = None
+) -> dict[str, int]:
+    """The exit status of each health check Docker runs: the image's HEALTHCHECK and
+    docker-compose.yml's, each in a container of the image, with its environment."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    tests = {
+        "image": image_config(image)["config"]["Healthcheck"]["Test"],
+        "compose": compose["services"]["broker"]["healthcheck"]["test"],
+    }
     checker = Container(image)
     try:
-        return checker.run(test[1:], env, timeout=60).returncode
+        statuses = {}
+        for name, test in tests.items():
+            assert test[0] == "CMD"
+            statuses[name] = checker.run(test[1:], env, volumes, timeout=60).returncode
+        return statuses
     finally:
         checker.remove()
