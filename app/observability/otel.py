@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -41,6 +43,10 @@ from app.urls import host_of
 
 DEFAULT_SERVICE_NAME = "videodb-token-broker"
 _EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
+DEFAULT_EXPORT_TIMEOUT = 10.0  # seconds: the OTLP exporter's own default
+# The most shutdown waits for queued spans. In Kubernetes a pod has terminationGracePeriod
+# (40 s) for the preStop sleep (5 s), draining (up to 30 s) and this; past it, it is killed.
+MAX_SHUTDOWN_FLUSH_SECONDS = 5.0
 
 log = structlog.get_logger(logger_name=__name__)
 
@@ -116,6 +122,26 @@ class _OncePerIncident(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+def shutdown_flush_seconds() -> float:
+    """How long shutdown waits for queued spans: the exporter's timeout, 5 s at most.
+
+    The SDK bounds each export by that timeout, not the flush: with an export in flight and
+    more batches queued, a collector that accepts and never answers held the exit for a
+    timeout per batch (20-27 s measured, the SDK's own ceiling 30 s). Read as the exporter
+    reads it: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else OTEL_EXPORTER_OTLP_TIMEOUT, seconds.
+    """
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TIMEOUT"
+    )
+    try:
+        seconds = float(raw) if raw else DEFAULT_EXPORT_TIMEOUT
+    except ValueError:
+        seconds = DEFAULT_EXPORT_TIMEOUT
+    if not 0 < seconds < math.inf:
+        seconds = DEFAULT_EXPORT_TIMEOUT
+    return min(seconds, MAX_SHUTDOWN_FLUSH_SECONDS)
+
+
 def _collector() -> str:
     """Where spans go, by host only (an endpoint URL may carry credentials)."""
     url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
@@ -137,6 +163,7 @@ class Tracing:
         exporter = _OncePerIncident(OTLPSpanExporter(), _collector())
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("videodb-token-broker", __version__)
+        self.flush_seconds = shutdown_flush_seconds()
         self.trusted = [ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies]
         for name in _EXPORTER_LOGGERS:  # _OncePerIncident says it once; they would say it always
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -146,9 +173,22 @@ class Tracing:
         tracing.install(_Recorder(self.tracer))
 
     def stop(self) -> None:
-        """Stop recording; send what is queued (bounded by the exporter's timeout)."""
+        """Stop recording; send what is queued, for `flush_seconds` at most.
+
+        The SDK's shutdown runs on a daemon thread of its own and is left behind when it
+        overruns: the process exits without it, and what was still queued is lost.
+        """
         tracing.install(None)
-        self.provider.shutdown()
+        flush = threading.Thread(target=self.provider.shutdown, name="otel-flush", daemon=True)
+        flush.start()
+        flush.join(self.flush_seconds)
+        if flush.is_alive():
+            log.warning(
+                "trace_flush_cut_short",
+                collector=_collector(),
+                waited_s=self.flush_seconds,
+                effect="spans not yet exported are dropped; the broker stops on time",
+            )
 
     def trusts(self, scope: Scope) -> bool:
         """Whether the connection's own peer (before any proxy header) is a trusted proxy."""

@@ -2,7 +2,8 @@
 
 The ASGI stand-ins always answer with well-formed HTTP; these faults live below that: a
 connection closed or reset after the request, a body cut short, an answer that is not HTTP,
-a body that trickles in a byte at a time, headers and then silence. Every answer it does send
+a body that trickles in a byte at a time, headers and then silence, or no answer at all (a
+hung collector: the request accepted and read, nothing ever sent). Every answer it does send
 echoes the key and carries an st- prefix, so a leak would show.
 """
 
@@ -15,7 +16,7 @@ import threading
 
 from app.sandbox.loopback import base_url, bind_loopback
 
-MODES = ("close", "reset", "truncated", "not_http", "huge_header", "trickle", "stall")
+MODES = ("close", "reset", "truncated", "not_http", "huge_header", "trickle", "stall", "silent")
 _ECHO = '{"success": true, "data": {"token": "st-cut-short-%s", "message": "key %s'
 
 
@@ -85,6 +86,9 @@ class BrokenHTTPServer:
     def _misbehave(self, conn: socket.socket) -> None:
         partial = (_ECHO % (self.requests, self.api_key)).encode()
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        if self.mode == "silent":
+            self._stopped.wait()  # the connection stays open, unanswered, until stop()
+            return
         if self.mode == "close":
             return  # an orderly close, no answer: "server disconnected"
         if self.mode == "reset":

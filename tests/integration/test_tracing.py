@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fakes.broken_http import BrokenHTTPServer
 from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.otlp_receiver import OtlpReceiver
@@ -311,4 +312,43 @@ def test_a_collector_in_trouble_costs_requests_nothing_and_is_logged_once(
     assert len(failures) == 1, failures  # once per incident, however many batches failed
     assert failed[0]["collector"] == "127.0.0.1"
     assert not [r for r in records if "opentelemetry" in json.dumps(r.get("logger", ""))]
+    assert not re.search(r"Traceback", broker.output())
+
+
+@pytest.mark.parametrize(
+    ("timeout", "bound"), [(None, 5.0), ("1", 1.0)], ids=["default_timeout", "one_second"]
+)
+def test_a_collector_that_never_answers_holds_up_shutdown_no_longer_than_the_flush_bound(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    timeout: str | None,
+    bound: float,
+) -> None:
+    """SIGTERM to exit within the exporter's timeout, 5 s at most: the collector accepts every
+    export and never answers, one export is in flight and many batches wait behind it (the
+    SDK alone waited a timeout per batch, up to its own 30 s)."""
+    _, server = videodb_server
+    collector = BrokenHTTPServer("silent", API_KEY).start()
+    extra = {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1"}  # a batch per span: many queued
+    if timeout is not None:
+        extra["OTEL_EXPORTER_OTLP_TIMEOUT"] = timeout
+    otel = _otel(collector.url, **extra)
+    if timeout is None:
+        del otel["OTEL_EXPORTER_OTLP_TIMEOUT"]  # the exporter's default, 10 s
+    broker = BrokerProcess(broker_settings(idp, server.url, **otel)).wait_ready()
+    try:
+        jwt = idp.issuers[0].mint("hung-collector", AUDIENCE)
+        for _ in range(20):
+            assert _post(broker, jwt).status_code == 200
+        _wait_for(lambda: collector.requests >= 1, "an export in flight")
+        started = time.monotonic()
+        assert broker.terminate(timeout=60) == 0
+        took = time.monotonic() - started
+    finally:
+        collector.stop()
+    # The bound, and room for a busy machine's start of the shutdown; the SDK alone took 30 s.
+    assert took < bound + 10, took
+    (cut,) = [r for r in broker.log_records() if r.get("event") == "trace_flush_cut_short"]
+    assert cut["waited_s"] == bound
+    assert cut["collector"] == "127.0.0.1"
     assert not re.search(r"Traceback", broker.output())
