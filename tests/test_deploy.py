@@ -30,8 +30,11 @@ def test_dockerfile_keeps_its_promises() -> None:
     assert len(stages) == 2
     assert "slim" in text
     assert "USER 10001:10001" in text
-    assert "--require-hashes -r requirements.lock" in text
-    assert text.index("COPY requirements.lock") < text.index("COPY app")
+    # exactly the locked files: nothing resolved against the index (tests/image builds it)
+    assert "--no-deps --require-hashes -r requirements-build.lock" in text
+    assert "--no-deps --require-hashes \\\n       -r requirements.lock" in text
+    assert "--no-build-isolation" in text
+    assert text.index("requirements.lock ./") < text.index("COPY app")
     assert "HEALTHCHECK" in text
     assert "/healthz" in text
     assert 'ENTRYPOINT ["token-broker", "serve"' in text
@@ -114,7 +117,17 @@ def test_the_broker_pod_is_locked_down() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"requests", "limits"} <= set(container["resources"])
-    assert {"configMapRef", "secretRef"} == {k for ref in container["envFrom"] for k in ref}
+    assert [k for ref in container["envFrom"] for k in ref] == ["configMapRef"]
+    # secrets come as files from the mounted Secret, named by _FILE variables
+    assert not [name for name in container.get("env", []) if not name["name"].endswith("_FILE")]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "secrets"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    assert volume["secret"]["secretName"] == "videodb-token-broker"
+    files = {e["name"]: e["value"] for e in container["env"]}
+    secret = yaml.safe_load((KUBE / "base" / "secret.template.yaml").read_text())
+    (key,) = secret["stringData"]
+    assert files == {"VIDEO_DB_API_KEY_FILE": f"{mount['mountPath']}/{key}"}
     assert deployment["metadata"]["namespace"] == "videodb-token-broker"
     assert (
         _by_kind(docs, "HorizontalPodAutoscaler", "videodb-token-broker")["spec"]["minReplicas"]
@@ -147,7 +160,7 @@ def test_the_ingress_publishes_the_token_endpoint_alone() -> None:
 
 def test_secret_template_holds_no_value() -> None:
     secret = yaml.safe_load((KUBE / "base" / "secret.template.yaml").read_text())
-    assert secret["stringData"] == {"VIDEO_DB_API_KEY": ""}
+    assert secret["stringData"] == {"videodb-api-key": ""}
     base = yaml.safe_load((KUBE / "base" / "kustomization.yaml").read_text())
     assert "secret.template.yaml" not in base["resources"]
 
