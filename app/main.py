@@ -142,6 +142,17 @@ def lifespan_for(
                 if capture_on
                 else None
             ),
+            capture_read_limiter=(
+                UserRateLimiter(
+                    settings.capture_read_rate_limit,
+                    shared,
+                    redis_url,
+                    key_prefix="capture_read",
+                    noun="capture session reads",
+                )
+                if capture_on
+                else None
+            ),
         )
         await identity.start()
         if shared is not None and not await shared.ping():

@@ -32,6 +32,7 @@ class Services:
     tokens: TokenService
     capture: CaptureSessions | None = None  # BROKER_CAPTURE_SESSIONS=on only
     capture_limiter: UserRateLimiter | None = None
+    capture_read_limiter: UserRateLimiter | None = None  # reads of one's sessions, apart
 
 
 def services_in(scope: Scope) -> Services:

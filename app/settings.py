@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     capture_collection_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,128}$")
     capture_callback_url: str | None = None
     capture_rate_limit: str = "10/minute"
+    capture_read_rate_limit: str = "120/minute"
 
     otel: Literal["on", "off"] = "off"
 
@@ -265,7 +266,7 @@ class Settings(BaseSettings):
             raise ValueError("has an option the Redis client refuses (check its query)") from None
         return value
 
-    @field_validator("rate_limit", "capture_rate_limit")
+    @field_validator("rate_limit", "capture_rate_limit", "capture_read_rate_limit")
     @classmethod
     def _rate_shape(cls, value: str) -> str:
         from limits import parse_many

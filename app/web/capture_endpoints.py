@@ -167,10 +167,15 @@ def _portable(value: object) -> object:
     return value
 
 
-def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter]:
-    if services.capture is None or services.capture_limiter is None:
+def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter, UserRateLimiter]:
+    """The sessions, the creation limit and the read limit (each apart from the token's)."""
+    if (
+        services.capture is None
+        or services.capture_limiter is None
+        or services.capture_read_limiter is None
+    ):
         raise RuntimeError("capture sessions are off: their routes are not mounted")
-    return services.capture, services.capture_limiter
+    return services.capture, services.capture_limiter, services.capture_read_limiter
 
 
 @router.post(
@@ -200,7 +205,7 @@ def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter]:
 async def create_capture_session(request: Request) -> Response:
     """A session whose end user is the verified user, and a token; 201 with its Location."""
     services = services_of(request)
-    sessions, capture_limiter = _capture(services)
+    sessions, capture_limiter, _ = _capture(services)
     try:
         user = await services.authenticator.authenticate(request)
         ttl, ws_connection_id, metadata = creation_request(
@@ -253,10 +258,10 @@ async def create_capture_session(request: Request) -> Response:
 async def read_capture_session(request: Request, session_id: str) -> Response:
     """The owner's view of one session; another user's and an unknown one are one 404."""
     services = services_of(request)
-    sessions, _ = _capture(services)
+    sessions, _, read_limiter = _capture(services)
     user = await services.authenticator.authenticate(request)
     if not SESSION_ID.fullmatch(session_id):
         raise InvalidRequest("session_id must be 1-128 characters of A-Z a-z 0-9 _ -")
-    await services.limiter.check(user.user_id)
+    await read_limiter.check(user.user_id)  # never the token limit: reading spends no token
     view = await sessions.read(user.user_id, session_id)
     return Response(json_body(view), media_type="application/json", headers=NO_STORE)

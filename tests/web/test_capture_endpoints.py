@@ -482,3 +482,26 @@ async def test_a_refusal_of_what_a_user_asked_is_counted_apart_from_a_refused_ke
     last = {s: _upstream(await client.get("/metrics"), *s) for s in series}
     changed = {s: last[s] - after[s] for s in series if last[s] != after[s]}
     assert changed == {("create_capture_session", "key_refused"): 1, ("token", "key_refused"): 1}
+
+
+async def test_reading_ones_sessions_has_its_own_limit_and_never_spends_the_tokens(
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
+    issuer: DevIssuer,
+    fake: FakeVideoDB,
+) -> None:
+    client = await capture_client(rate_limit="3/minute", capture_read_rate_limit="5/minute")
+    ada, bob = bearer(issuer.mint("ada", AUDIENCE)), bearer(issuer.mint("bob", AUDIENCE))
+    location = (await client.post(SESSIONS, headers=ada)).headers["location"]  # a token: 1 of 3
+    reads = [await client.get(location, headers=ada) for _ in range(6)]
+    assert [r.status_code for r in reads] == [200] * 5 + [429]
+    refused = reads[-1]
+    assert refused.json()["code"] == "rate_limited"
+    assert "capture session reads" in refused.json()["detail"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    # the token limit is as the creation left it: two refreshes left, then the third is over
+    tokens = [await client.post("/v1/capture/session/token", headers=ada) for _ in range(3)]
+    assert [r.status_code for r in tokens] == [200, 200, 429]
+    assert "token requests" in tokens[-1].json()["detail"]
+    # per user: another user's reads are their own
+    assert (await client.get(location, headers=bob)).status_code == 404
+    assert len([c for c in fake.session_calls if c[0] == "GET"]) == 6
