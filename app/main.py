@@ -196,6 +196,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan_for(settings, tracing),
         docs_url=None,
         redoc_url=None,
+        # A path with a trailing slash is an unknown path (404), never a 307 to the other
+        # spelling: Starlette builds that Location from the Host header the client sent.
+        redirect_slashes=False,
         # The broker's telemetry is its JSON logs and Prometheus metrics, both scrubbed of
         # secrets. FastAPI's native OpenTelemetry would be a second export path, switched on
         # from the environment (FASTAPI_OTEL_AUTO_CONFIGURE, OTEL_*) and never vetted here.

@@ -47,3 +47,33 @@ async def test_an_unexpected_failure_is_a_500_problem_without_its_text(
     (logged,) = [r for r in map(json.loads, out.splitlines()) if r["event"] == "unhandled_error"]
     assert logged["request_id"] == resp.headers["x-request-id"]
     assert logged["error_type"] == "RuntimeError"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", TOKEN_PATH + "/"),
+        ("GET", "/v1/capture/sessions/x/"),
+        ("POST", "/v1/capture/sessions/"),
+        ("GET", "/healthz/"),
+        ("OPTIONS", TOKEN_PATH + "/"),
+    ],
+)
+async def test_a_trailing_slash_is_a_404_problem_never_a_redirect_to_the_callers_host(
+    app_client: Callable[..., Any],
+    make_settings: Callable[..., Any],
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    method: str,
+    path: str,
+) -> None:
+    """Starlette answered 307 with a Location built from the Host header, in plain http."""
+    client = await app_client(make_settings(capture_sessions="on"))
+    headers = {**bearer(issuer.mint("ada", AUDIENCE)), "Host": "evil.example"}
+    resp = await client.request(method, path, headers=headers)
+    assert resp.status_code == 404
+    assert "location" not in resp.headers
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["code"] == "not_found"
+    assert "evil.example" not in resp.text
+    assert not network["videodb"].called
