@@ -102,3 +102,39 @@ async def test_a_preflight_carries_the_security_headers_too(
     assert resp.headers["access-control-allow-origin"] == APP_ORIGIN
     assert resp.headers["x-content-type-options"] == "nosniff"
     assert resp.headers["x-frame-options"] == "DENY"
+
+
+async def test_secrets_a_client_hides_in_the_path_or_user_agent_never_reach_the_log_whole(
+    app_client: Build,
+    issuer: DevIssuer,
+    network: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The scrubber asked for a word boundary before a secret and took only [A-Za-z0-9_.-]
+    in it: after a JSON escape or a word character, or with + / = in it, one passed whole."""
+    jwt = issuer.mint("someone", AUDIENCE)
+    secrets_ = ["st-LEAKTOKEN123456", jwt, "sk-ab+cd/ef=gh+ij0", "st-WORDJOINED98765"]
+    client = await app_client()
+    for path in (
+        "/x%0Ast-LEAKTOKEN123456",  # the log line holds `\nst-LEAK…`
+        f"/x%09{jwt}",  # `\t<JWT>`
+        "/key/sk-ab+cd/ef=gh+ij0",
+        "/tokenst-WORDJOINED98765",
+    ):
+        assert (await client.get(path)).status_code == 404
+    headers = {**bearer(issuer.mint("ua", AUDIENCE)), "User-Agent": f"x\t{jwt}"}
+    assert (await client.post(TOKEN_PATH, headers=headers)).status_code == 200
+    # a JWT whose claims run past the 256 characters of user agent the audit line keeps
+    long_claims = issuer.mint("someone", AUDIENCE, email="a-rather-long-address@" + "x" * 300)
+    headers = {**bearer(issuer.mint("ub", AUDIENCE)), "User-Agent": long_claims}
+    assert (await client.post(TOKEN_PATH, headers=headers)).status_code == 200
+    claims_prefix = ".".join(long_claims.split(".")[:2])[:200]
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line]  # every line still JSON
+    assert len([r for r in lines if r.get("event") == "request"]) == 4
+    tab, cut = [r for r in lines if r.get("event") == "token_issued"]
+    assert tab["user_agent"].startswith("x\t[redacted sha256:")
+    assert cut["user_agent"].startswith("[redacted sha256:")
+    for secret in [*secrets_, claims_prefix]:
+        assert secret not in out
+        assert secret not in json.dumps(lines)
