@@ -35,8 +35,7 @@ from app.web.cors import ProblemCORSMiddleware, cors_middleware_options
 from app.web.ops_endpoints import router as ops_router
 from app.web.problems import UnhandledErrorMiddleware, install_error_handlers
 from app.web.request_context import RequestContextMiddleware
-from app.web.token_endpoint import TokenFastPath, document_token_endpoint
-from app.web.token_endpoint import router as token_router
+from app.web.token_endpoint import add_token_route
 
 if TYPE_CHECKING:
     from app.observability.otel import Tracing
@@ -205,14 +204,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     install_error_handlers(app)
-    app.include_router(token_router)
+    add_token_route(app, settings)  # first: the busiest path is matched first
     app.include_router(ops_router)
     if settings.capture_sessions_on:  # off: 404 and absent from the OpenAPI document
         app.include_router(capture_router)
-    document_token_endpoint(app, settings)
     # Added innermost first: CORS sees requests after the request id is bound. Layers with
     # nothing to do are left out: each costs every request (docs/performance.md).
-    app.add_middleware(TokenFastPath)
     app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from app.errors import BrokerError, InvalidRequest
+from app.errors import InvalidRequest
 from app.observability.fingerprints import fingerprint
-from app.services import Services, services_in, services_of
+from app.services import Services, services_of
 from app.settings import Settings
-from app.web.problems import NO_STORE, documented_problems, problem_for
+from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body
 from app.web.request_context import AUDIT_SCOPE_KEY
 
@@ -26,7 +28,23 @@ TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
 
 MAX_USER_AGENT_CHARS = 256
 
-router = APIRouter(tags=["tokens"])
+BEARER = HTTPBearer(
+    scheme_name="userJWT",
+    bearerFormat="JWT",
+    description="the end user's JWT from the partner's identity provider",
+    auto_error=False,
+)
+
+
+def cookie_scheme(name: str) -> APIKeyCookie:
+    """The same JWT in a cookie, as this deployment names it."""
+    return APIKeyCookie(
+        name=name,
+        scheme_name="userJWTCookie",
+        description="the same JWT in a cookie; the request must then also carry the header "
+        "'X-CSRF: 1'",
+        auto_error=False,
+    )
 
 
 class TokenResponse(BaseModel):
@@ -70,48 +88,68 @@ def requested_lifetime(document: dict[str, Any], settings: Settings) -> int:
     return ttl
 
 
-@router.post(
-    TOKEN_PATH,
-    response_model=TokenResponse,
-    summary="Mint a short-lived VideoDB session token for the authenticated user",
-    openapi_extra={"requestBody": {"required": False, "content": {"application/json": {}}}},
-    responses=documented_problems(401, 403, 413, 422, 429, 502, 503, 504),
-)
+class ServedByItsHandler(APIRoute):
+    """A route FastAPI documents as usual (response model, responses, `openapi_extra`,
+    security schemes) and serves with its handler alone: no parameter machinery (dependency
+    solving, body parsing, response validation) and no per-route exception wrapper, which
+    cost a cache hit about as much as the broker's own work (docs/performance.md). The
+    handler reads the request itself; what it raises goes to the app's error handlers."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        handler: Callable[[Request], Awaitable[Response]] = endpoint
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            response = await handler(Request(scope, receive))
+            await response(scope, receive, send)
+
+        self.app = serve
+
+
+def add_token_route(app: FastAPI, settings: Settings) -> None:
+    """The token endpoint, documented for this deployment (its lifetime range; a bearer JWT,
+    and the cookie when one is configured), on the app's own router: an included router's
+    routes are looked up through it on every request."""
+    body_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "expires_in": {
+                "type": "integer",
+                "minimum": settings.token_min_ttl,
+                "maximum": settings.token_max_ttl,
+                "description": "requested lifetime in seconds "
+                f"(default {settings.token_default_ttl})",
+            }
+        },
+    }
+    # Declared for the document only: ServedByItsHandler runs no dependency. Authentication
+    # is the Authenticator's (the cookie needs its CSRF header, which these classes ignore).
+    credentials = [Security(BEARER)]
+    if settings.auth_cookie_name:
+        credentials.append(Security(cookie_scheme(settings.auth_cookie_name)))
+    app.router.add_api_route(
+        TOKEN_PATH,
+        create_session_token,
+        methods=["POST"],
+        response_model=TokenResponse,
+        summary="Mint a short-lived VideoDB session token for the authenticated user",
+        dependencies=credentials,
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": body_schema}},
+            }
+        },
+        responses=documented_problems(401, 403, 413, 422, 429, 502, 503, 504),
+        tags=["tokens"],
+        route_class_override=ServedByItsHandler,
+    )
+
+
 async def create_session_token(request: Request) -> Response:
     """Authenticate the end user, then return a session token bound to them."""
     return await serve_token(request, services_of(request))
-
-
-# What metrics and the log line name a token request by (FastAPI's routes put themselves in
-# the scope; the fast path below answers before routing, so it puts this one there).
-token_route = Route(TOKEN_PATH, create_session_token, methods=["POST"])
-
-
-class TokenFastPath:
-    """Answers the token endpoint's POSTs before FastAPI's routing; passes on the rest.
-
-    A cache hit is the busiest path, and FastAPI's per-request work for a route (routing,
-    the request/response wrapper, dependency solving) cost as much as the broker's own work
-    on a hit: this layer, the innermost, calls `serve_token` directly (a plain Starlette
-    route placed first was measured too and kept most of that cost: docs/performance.md).
-    It sits inside the request-context and CORS layers, so request ids, security headers,
-    CORS, metrics and the log line are as for any route; errors render as problem+json.
-    The FastAPI route above stays for the OpenAPI document and the 405 on other methods.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != TOKEN_PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = token_route
-        try:
-            response = await serve_token(Request(scope, receive), services_in(scope))
-        except BrokerError as exc:
-            response = problem_for(exc)
-        await response(scope, receive, send)
 
 
 async def serve_token(request: Request, services: Services) -> Response:
@@ -138,49 +176,3 @@ async def serve_token(request: Request, services: Services) -> Response:
         {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in}
     )
     return Response(body, media_type="application/json", headers=NO_STORE)
-
-
-def document_token_endpoint(app: FastAPI, settings: Settings) -> None:
-    """Publish this deployment's body schema (its lifetime range) and credentials (a bearer
-    JWT, and the cookie when one is configured) in the OpenAPI document, so that a client
-    generated from it sends what the endpoint needs."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            operation = schema["paths"][TOKEN_PATH]["post"]
-            body = operation["requestBody"]["content"]
-            body["application/json"]["schema"] = {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "expires_in": {
-                        "type": "integer",
-                        "minimum": settings.token_min_ttl,
-                        "maximum": settings.token_max_ttl,
-                        "description": "requested lifetime in seconds "
-                        f"(default {settings.token_default_ttl})",
-                    }
-                },
-            }
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["userJWT"] = {
-                "type": "http",
-                "scheme": "bearer",
-                "bearerFormat": "JWT",
-                "description": "the end user's JWT from the partner's identity provider",
-            }
-            operation["security"] = [{"userJWT": []}]
-            if settings.auth_cookie_name:
-                schemes["userJWTCookie"] = {
-                    "type": "apiKey",
-                    "in": "cookie",
-                    "name": settings.auth_cookie_name,
-                    "description": "the same JWT in a cookie; the request must then also "
-                    "carry the header 'X-CSRF: 1'",
-                }
-                operation["security"].append({"userJWTCookie": []})
-        return app.openapi_schema or original()
-
-    app.openapi = openapi  # type: ignore[method-assign]

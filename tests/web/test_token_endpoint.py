@@ -14,7 +14,6 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
-from app.web.token_endpoint import TokenFastPath
 from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, Build, bearer
 
 
@@ -171,17 +170,13 @@ async def test_a_body_in_several_pieces_is_read_whole_and_capped(
     assert huge.status_code == 413  # no Content-Length to refuse early: counted as it arrives
 
 
-async def test_the_declared_route_serves_the_same_without_the_fast_path(
+async def test_the_route_serves_it_with_metrics_audit_and_problems(
     make_settings: Callable[..., Any],
     issuer: DevIssuer,
     network: respx.MockRouter,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     app = create_app(make_settings())
-    # Starlette types a middleware entry's cls as a factory, so compare through getattr.
-    without = [m for m in app.user_middleware if getattr(m, "cls", None) is not TokenFastPath]
-    assert len(without) == len(app.user_middleware) - 1
-    app.user_middleware = without
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://b.test") as client:
