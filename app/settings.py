@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from app.identity.provider_config import (
     JWKS_ALGORITHMS,
+    NO_PROVIDER_LABEL,
     SHARED_SECRET_ALGORITHM,
     USER_ID_PREFIX_PATTERN,
     IssuerEntry,
@@ -284,6 +285,18 @@ class Settings(BaseSettings):
             self._single_issuer_rules()
         else:
             self._issuer_list_rules(self.auth_issuers)
+        for provider in self.identity_providers:
+            if provider.label.lower() == NO_PROVIDER_LABEL:
+                where = (
+                    "BROKER_AUTH_ISSUERS"
+                    if self.auth_issuers is not None
+                    else "BROKER_AUTH_ISSUER/BROKER_AUTH_JWKS_URL"
+                )
+                raise ValueError(
+                    f"{where}: a provider named (or, unnamed, at a host) '{provider.label}' "
+                    f"would share the metrics label '{NO_PROVIDER_LABEL}' of refusals before "
+                    "a provider is known; give it another name"
+                )
         if not self.token_min_ttl <= self.token_default_ttl <= self.token_max_ttl:
             raise ValueError(
                 "BROKER_TOKEN_DEFAULT_TTL must lie between BROKER_TOKEN_MIN_TTL and "
@@ -343,12 +356,15 @@ class Settings(BaseSettings):
                 "BROKER_AUTH_ISSUERS: with several providers each needs a non-empty "
                 "user_id_prefix, so that one 'sub' at two providers is two VideoDB users"
             )
+        # VideoDB documents nothing of how it compares user ids; they are taken to be
+        # compared without regard to case, so 'Web:' and 'web:' would merge two providers' users.
         for i, first in enumerate(prefixes):
             for j, second in enumerate(prefixes):
-                if i != j and second.startswith(first):
+                if i != j and second.casefold().startswith(first.casefold()):
                     raise ValueError(
                         "BROKER_AUTH_ISSUERS: user_id_prefix values must be distinct and none "
-                        f"may begin another ('{first}' begins '{second}'): users could collide"
+                        f"may begin another, ignoring case ('{first}' begins '{second}'): "
+                        "users could collide"
                     )
 
     @property

@@ -20,6 +20,8 @@ SHARED_SECRET_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name
 USER_ID_PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{0,32}$"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 SHARED_SECRET_NAME = "shared-secret"  # noqa: S105 - the label of shared-secret mode
+# The metrics label of a refusal before the token named a provider: no provider may take it.
+NO_PROVIDER_LABEL = "none"
 
 AudienceClaim = Literal["aud", "client_id", "azp"]
 

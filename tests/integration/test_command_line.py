@@ -276,3 +276,56 @@ def test_metrics_add_up_across_workers(
         assert sum(float(n) for _, n in issued) == 6
     finally:
         process.terminate()
+
+
+def _two_providers(first: dict[str, str], second: dict[str, str]) -> dict[str, str]:
+    base = {"audience": "aud", "jwks_url": "https://idp.example.com/jwks.json"}
+    providers = [
+        {**base, "issuer": "https://one.example.com", **first},
+        {**base, "issuer": "https://two.example.com", **second},
+    ]
+    return {"VIDEO_DB_API_KEY": API_KEY, "BROKER_AUTH_ISSUERS": json.dumps(providers)}
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        (
+            _two_providers({"name": "none", "user_id_prefix": "a:"}, {"user_id_prefix": "b:"}),
+            "would share the metrics label 'none'",
+        ),
+        (
+            _two_providers({"name": "None", "user_id_prefix": "a:"}, {"user_id_prefix": "b:"}),
+            "would share the metrics label 'none'",
+        ),
+        (
+            {
+                "VIDEO_DB_API_KEY": API_KEY,
+                "BROKER_AUTH_AUDIENCE": "aud",
+                "BROKER_AUTH_JWKS_URL": "https://none/jwks.json",  # unnamed: its host names it
+            },
+            "would share the metrics label 'none'",
+        ),
+        (
+            _two_providers({"user_id_prefix": "Web:"}, {"user_id_prefix": "web:"}),
+            "ignoring case ('Web:' begins 'web:')",
+        ),
+        (
+            _two_providers({"user_id_prefix": "WEB:"}, {"user_id_prefix": "web:desk:"}),
+            "ignoring case ('WEB:' begins 'web:desk:')",
+        ),
+    ],
+    ids=["named_none", "named_None", "host_none", "prefixes_in_two_cases", "prefix_begins_other"],
+)
+def test_providers_that_could_be_mistaken_for_another_stop_start_up(
+    env: dict[str, str], words: str
+) -> None:
+    """'none' is the label of refusals before a provider is known; VideoDB may not tell user
+    ids apart by case (it documents nothing of it), so prefixes must differ ignoring case."""
+    result = _run([sys.executable, "-m", "app.cli", "serve", "--port", "0"], env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("configuration error: BROKER_AUTH_ISSUER"), lines
+    assert words in lines[-1]
+    assert API_KEY not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
