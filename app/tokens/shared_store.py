@@ -15,6 +15,20 @@ from app.tokens.cache import CachedToken
 from app.tokens.sealing import CacheSealError, TokenSealer
 
 KEY_PREFIX = "vtb:v1"
+FAILURE_HOLD_MS = 1000  # a failure marker's life: long enough for the waiters to see it
+
+# Whoever can write to Redis can plant a mint lock or a failure marker the broker never set
+# (docs/security.md). Ours always expire within their lifetime; one that would outlive it (no
+# expiry, or a later one) is cut to that lifetime the first time a replica meets it, so a
+# planted marker costs at most one lifetime, then the broker mints. Returns the key's PTTL as
+# found: -2 no key, -1 no expiry, else milliseconds.
+_CAP_EXPIRY = """
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return left
+"""
 
 log = structlog.get_logger(logger_name=__name__)
 
@@ -26,6 +40,7 @@ class SharedTokenStore:
         self._shared = shared
         self._sealer = sealer
         self._held: dict[str, Lock] = {}  # mint locks this process holds, by cache key
+        self._cap_expiry = shared.client.register_script(_CAP_EXPIRY)
 
     @property
     def usable(self) -> bool:
@@ -68,7 +83,24 @@ class SharedTokenStore:
             return None
         if result:
             self._held[key] = lock
+        else:
+            await self._cap(f"{KEY_PREFIX}:lock:{key}", hold_ms, "mint_lock")
         return bool(result)
+
+    async def _cap(self, redis_key: str, lifetime_ms: int, kind: str) -> None:
+        """Cut a marker that would outlive `lifetime_ms` (not one of ours) to that lifetime."""
+        found = await self._shared.run(
+            lambda: self._cap_expiry(keys=[redis_key], args=[lifetime_ms]), "CAP_EXPIRY"
+        )
+        if isinstance(found, int) and (found == -1 or found > lifetime_ms):
+            # Not one the broker set: someone else writes to Redis (docs/security.md).
+            log.warning(
+                "redis_marker_capped",
+                kind=kind,
+                expiry_ms=found,
+                capped_to_ms=lifetime_ms,
+                effect="a marker the broker did not set; it expires within its lifetime",
+            )
 
     async def unlock(self, key: str) -> None:
         """Release our lock, and only ours: compare-and-delete, as one script in Redis.
@@ -87,7 +119,7 @@ class SharedTokenStore:
 
         await self._shared.run(release, "UNLOCK")
 
-    async def mark_failed(self, key: str, code: str, hold_ms: int = 1000) -> None:
+    async def mark_failed(self, key: str, code: str, hold_ms: int = FAILURE_HOLD_MS) -> None:
         """Tell waiting replicas the shared call failed (kept only briefly: never cached)."""
         await self._shared.run(
             lambda: self._shared.client.set(f"{KEY_PREFIX}:fail:{key}", code.encode(), px=hold_ms),
@@ -95,11 +127,13 @@ class SharedTokenStore:
         )
 
     async def failure(self, key: str) -> str | None:
-        raw = await self._shared.run(
-            lambda: self._shared.client.get(f"{KEY_PREFIX}:fail:{key}"), "GET"
-        )
+        redis_key = f"{KEY_PREFIX}:fail:{key}"
+        raw = await self._shared.run(lambda: self._shared.client.get(redis_key), "GET")
+        if not isinstance(raw, bytes):
+            return None
+        await self._cap(redis_key, FAILURE_HOLD_MS, "failure_marker")
         # Anything may be found there; an unknown code is an upstream_error to the caller.
-        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
+        return raw.decode("utf-8", "replace")
 
     async def locked(self, key: str) -> bool:
         exists = await self._shared.run(

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from app.tokens.cache import cache_key
 from tests.fakes.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
@@ -181,3 +182,94 @@ def test_a_replica_killed_mid_load_loses_no_request_on_the_other(
         assert set(statuses) == {200}
     finally:
         _stop([survivor])
+
+
+def test_a_mint_lock_planted_in_redis_costs_at_most_one_lock_lifetime(
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    redis_server: RedisServer,
+) -> None:
+    """Whoever can write to Redis can plant a mint lock and a failure marker that never
+    expire: every request of that user was a 502 at once, for good (or, the lock alone, a
+    stall of a lock lifetime on every mint). Now a marker the broker did not set is cut to
+    its lifetime when first met (BROKER_UPSTREAM_TIMEOUT 1 s: a lock lives 1.5 s), then the
+    broker mints."""
+    _, server = videodb_server
+    (broker,) = _replicas(1, idp, server.url, redis_server.url, BROKER_CACHE_MAX_ENTRIES="0")
+    planted = redis_server.client()
+    lifetime_ms = 1500  # the upstream timeout and half a second
+    try:
+        for user, with_failure in (("victim", True), ("stalled", False)):
+            key = cache_key(user, 900, server.url)
+            lock, failure = f"vtb:v1:lock:{key}", f"vtb:v1:fail:{key}"
+            planted.set(lock, b"not-the-brokers")
+            if with_failure:
+                planted.set(failure, b"upstream_error")
+            headers = _token(idp, user)
+            first = httpx.post(broker.url + TOKEN_PATH, headers=headers, timeout=10)
+            assert first.status_code == (502 if with_failure else 200)
+            # It was -1, never expiring: now it expires within its lifetime, or already did.
+            for marker, limit in ((lock, lifetime_ms), (failure, 1000)):
+                left = planted.pttl(marker)
+                assert left == -2 or 0 < left <= limit, (marker, left)
+            deadline = time.monotonic() + 20  # far past the 1.5 s it now has
+            while planted.exists(lock, failure) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not planted.exists(lock, failure)
+            calls = len(videodb.calls)
+            planted.delete(f"vtb:v1:tok:{key}")  # no token to reuse: the next request mints
+            resp = httpx.post(broker.url + TOKEN_PATH, headers=headers, timeout=10)
+            assert resp.status_code == 200
+            assert len(videodb.calls) == calls + 1
+        capped = [r for r in broker.log_records() if r.get("event") == "redis_marker_capped"]
+        assert {(r["kind"], r["expiry_ms"]) for r in capped} == {
+            ("mint_lock", -1),
+            ("failure_marker", -1),
+        }
+    finally:
+        _stop([broker])
+
+
+# What docs/security.md recommends for the broker's Redis user: its keys, and the commands it
+# sends (redis-py's lock and the limits library's scripts included), nothing else.
+BROKER_ACL = (
+    "on ~vtb:v1:* resetchannels -@all +ping +get +set +exists +del +pttl +pexpire +incrby "
+    "+rename +eval +evalsha +script|load"
+)
+
+
+def test_the_documented_redis_acl_is_all_the_broker_needs(
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    redis_server: RedisServer,
+) -> None:
+    _, server = videodb_server
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "broker", *BROKER_ACL.split(), ">broker-password")
+    url = f"redis://broker:broker-password@127.0.0.1:{redis_server.port}/0"
+    settings = {"BROKER_RATE_LIMIT": "2/minute", "BROKER_CACHE_MAX_ENTRIES": "0"}
+    (broker,) = _replicas(1, idp, server.url, url, **settings)
+    try:
+        headers = _token(idp, "acl-user")
+        statuses = [httpx.post(broker.url + TOKEN_PATH, headers=headers).status_code]
+        admin.delete(*admin.keys("vtb:v1:tok:*"))  # a mint again, the lock taken again
+        statuses += [httpx.post(broker.url + TOKEN_PATH, headers=headers).status_code for _ in "ab"]
+        assert statuses == [200, 200, 429]  # the limit, counted in Redis
+        assert len(videodb.calls) == 2  # the second request minted: nothing cached to reuse
+        key = cache_key("planted", 900, server.url)
+        admin.set(f"vtb:v1:lock:{key}", b"x")  # met and capped: PTTL and PEXPIRE in a script
+        assert (
+            httpx.post(broker.url + TOKEN_PATH, headers=_token(idp, "planted")).status_code == 200
+        )
+        assert admin.pttl(f"vtb:v1:lock:{key}") != -1
+        refused = [
+            r
+            for r in broker.log_records()
+            if r.get("event") in ("redis_command_refused", "redis_unavailable")
+        ]
+        assert refused == []
+        assert httpx.get(broker.url + "/readyz").json()["checks"]["redis"] == "ok"
+    finally:
+        _stop([broker])
