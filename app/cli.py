@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from app.config import ConfigError, Settings, load_settings
 from app.live_checks import PROBE_USER_ID, live_checks
 from app.observability.logs import configure_logging, uvicorn_log_config
-from app.settings import ConfigError, Settings, load_settings
 from app.web.server_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
 
 GRACEFUL_SHUTDOWN_SECONDS = 30

@@ -16,10 +16,10 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.config import Settings
+from app.config.providers import ProviderConfig
 from app.errors import BrokerError
-from app.identity.provider_config import ProviderConfig
 from app.identity.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
-from app.settings import Settings
 from app.tokens.shared_store import KEY_PREFIX
 from app.videodb.client import VideoDBClient, build_http_client
 

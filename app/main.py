@@ -16,12 +16,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import __version__
 from app.capture.service import CaptureSessions
+from app.config import ConfigError, Settings, load_settings
 from app.identity.authenticator import Authenticator
 from app.identity.providers import IdentityProviders
 from app.observability.logs import configure_logging
 from app.rate_limit import UserRateLimiter
 from app.services import Services
-from app.settings import ConfigError, Settings, load_settings
 from app.shared_state import SharedState
 from app.tokens.cache import LocalTokenCache
 from app.tokens.sealing import TokenSealer

@@ -8,10 +8,10 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from app.capture.service import CaptureSessions
+from app.config import Settings
 from app.identity.authenticator import Authenticator
 from app.identity.providers import IdentityProviders
 from app.rate_limit import UserRateLimiter
-from app.settings import Settings
 from app.shared_state import SharedState
 from app.tokens.service import TokenService
 from app.videodb.circuit_breaker import CircuitBreaker

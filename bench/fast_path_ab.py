@@ -22,8 +22,8 @@ from fastapi.routing import APIRoute
 from jose import jwt
 from pydantic import SecretStr
 
+from app.config import Settings
 from app.main import create_app
-from app.settings import Settings
 from app.web.token_endpoint import TOKEN_PATH
 
 SECRET = "bench-shared-secret-of-at-least-32-bytes"

@@ -11,6 +11,8 @@ import structlog
 from cachetools import TLRUCache
 from fastapi import Request
 
+from app.config import Settings
+from app.config.providers import NO_PROVIDER_LABEL
 from app.errors import (
     BrokerError,
     CsrfFailed,
@@ -21,11 +23,9 @@ from app.errors import (
 )
 from app.identity import jwt as jwt_verification
 from app.identity.jwt import TokenRejected
-from app.identity.provider_config import NO_PROVIDER_LABEL
 from app.identity.providers import IdentityProviders, Provider
 from app.observability import metrics, tracing
 from app.observability.fingerprints import fingerprint
-from app.settings import Settings
 
 MAX_USER_ID_CHARS = 256  # the claim's value; a provider's prefix (32 at most) comes before it
 NO_PROVIDER = NO_PROVIDER_LABEL  # a refusal before the token named a provider

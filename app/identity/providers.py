@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from app.config.providers import ProviderConfig
 from app.identity.jwt import TokenRejected
-from app.identity.provider_config import ProviderConfig
 from app.identity.signing_keys import SigningKeys, signing_keys_for
 
 

@@ -13,8 +13,8 @@ from typing import Protocol
 import httpx
 import structlog
 
+from app.config.providers import ProviderConfig
 from app.identity.jwt import KeyRing, build_key_ring, build_shared_secret_ring
-from app.identity.provider_config import ProviderConfig
 from app.observability import metrics, tracing
 from app.urls import require_secure_url
 

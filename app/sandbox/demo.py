@@ -13,10 +13,10 @@ import uvicorn
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from app.config import Settings
 from app.sandbox.dev_issuer import DevIssuer
 from app.sandbox.loopback import base_url, bind_loopback, server_for
 from app.sandbox.stand_in_videodb import stand_in_videodb
-from app.settings import Settings
 from app.web.server_protocol import SERVER_OPTIONS
 
 DEMO_AUDIENCE = "videodb-token-broker-demo"

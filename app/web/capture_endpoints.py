@@ -16,12 +16,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from app.capture.service import CaptureSessions
+from app.config import Settings
 from app.errors import BrokerError, InvalidRequest, UpstreamUnusable
 from app.observability import metrics
 from app.observability.fingerprints import fingerprint
 from app.rate_limit import UserRateLimiter
 from app.services import Services, services_of
-from app.settings import Settings
 from app.videodb.answers import SESSION_ID
 from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body

@@ -6,11 +6,12 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
+from app.config import Settings
 from app.errors import OriginNotAllowed
-from app.settings import Settings
 from app.web.problems import problem_response
 
-ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-CSRF", "X-Request-ID"]
+# Last-Event-ID: a feed resumed over fetch (the clients' followCaptureSession) says where.
+ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-CSRF", "X-Request-ID", "Last-Event-ID"]
 EXPOSED_HEADERS = ["Retry-After", "X-Request-ID", "WWW-Authenticate", "Location"]
 PREFLIGHT_MAX_AGE = 600
 
@@ -36,10 +37,10 @@ class ProblemCORSMiddleware(CORSMiddleware):
 
 
 def cors_middleware_options(settings: Settings) -> dict[str, object]:
-    """Exact origins, POST only; credentials only when the cookie mode is on."""
+    """Exact origins; GET (sessions, feeds) and POST; credentials only in the cookie mode."""
     return {
         "allow_origins": list(settings.cors_origins),
-        "allow_methods": ["POST"],
+        "allow_methods": ["GET", "POST"],
         "allow_headers": ALLOWED_HEADERS,
         "expose_headers": EXPOSED_HEADERS,
         "allow_credentials": settings.auth_cookie_name is not None,

@@ -15,10 +15,10 @@ from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
+from app.config import Settings
 from app.errors import InvalidRequest
 from app.observability.fingerprints import fingerprint
 from app.services import Services, services_of
-from app.settings import Settings
 from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body
 from app.web.request_context import AUDIT_SCOPE_KEY

@@ -13,8 +13,8 @@ import respx
 from cryptography.hazmat.primitives import serialization
 from jose import jwk as jose_jwk
 
+from app.config import Settings
 from app.sandbox.dev_issuer import DevIssuer
-from app.settings import Settings
 from tests.conftest import (
     API_KEY,
     AUDIENCE,

@@ -18,10 +18,10 @@ import pytest
 import respx
 from starlette.requests import Request
 
+from app.config import Settings
 from app.errors import InsufficientScope, InvalidToken
 from app.identity.authenticator import Authenticator
 from app.identity.providers import IdentityProviders
-from app.settings import Settings
 from tests.conftest import API_KEY, VIDEODB
 from tests.fakes.provider_keys import ProviderKey
 

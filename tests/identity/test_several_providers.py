@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from app.settings import Settings
+from app.config import Settings
 from tests.conftest import API_KEY, TOKEN_PATH, VIDEODB, Build, bearer
 from tests.fakes.provider_keys import ProviderKey
 

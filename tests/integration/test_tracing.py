@@ -251,7 +251,7 @@ def test_with_tracing_off_no_tracer_exporter_or_thread_of_ours_is_loaded() -> No
 import sys, httpx, asyncio
 from asgi_lifespan import LifespanManager
 from app.main import create_app
-from app.settings import Settings
+from app.config import Settings
 app = create_app(Settings(_env_file=None, videodb_api_key="sk-probe-0123456789",
                           auth_hs256_secret="s" * 40, auth_audience="probe"))
 async def main():

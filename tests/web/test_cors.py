@@ -66,3 +66,24 @@ async def test_without_origins_there_is_no_cors_layer(
     client = await app_client(make_settings(cors_origins=[]))
     resp = await client.options(TOKEN_PATH, headers={"Origin": APP_ORIGIN, **PREFLIGHT})
     assert "access-control-allow-origin" not in resp.headers
+
+
+async def test_a_listed_origin_may_read_a_session_and_resume_its_feed(
+    app_client: Build, network: respx.MockRouter
+) -> None:
+    """What the clients send to follow a session: a GET with the bearer, and Last-Event-ID
+    when a feed is resumed; still for the listed origins only."""
+    feed = "/v1/capture/sessions/cap-1/events"
+    wanted = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, last-event-id",
+    }
+    client = await app_client()
+    resp = await client.options(feed, headers={"Origin": APP_ORIGIN, **wanted})
+    assert resp.status_code == 200
+    assert resp.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "GET" in resp.headers["access-control-allow-methods"]
+    assert "last-event-id" in resp.headers["access-control-allow-headers"].lower()
+    elsewhere = await client.options(feed, headers={"Origin": "https://evil.example", **wanted})
+    assert elsewhere.status_code == 403
+    assert "access-control-allow-origin" not in elsewhere.headers

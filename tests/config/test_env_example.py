@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import ConfigError, Settings, env_name, load_settings
+from app.config import ConfigError, Settings, load_settings
+from app.config.errors import env_name
 
-EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 PLACEHOLDER_LINE = "VIDEO_DB_API_KEY=sk-replace-me\n"
 
 

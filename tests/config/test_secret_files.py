@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.secret_files import SECRET_VARIABLES, file_variable
-from app.settings import ConfigError, load_settings
+from app.config import ConfigError, load_settings
+from app.config.secret_files import SECRET_VARIABLES, file_variable
 
 KEY = "sk-from-a-file-0123456789"
 SHARED_SECRET = "a-shared-secret-of-at-least-32-bytes!"
@@ -112,7 +112,7 @@ def test_every_secret_setting_has_a_file_variable() -> None:
     """A secret added to the settings without a `_FILE` variable fails here."""
     from pydantic import SecretStr
 
-    from app.settings import Settings
+    from app.config import Settings
 
     secret_fields = {
         name

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from app.settings import ConfigError, Settings, load_settings
+from app.config import ConfigError, Settings, load_settings
 
 SECRET_KEY = "sk-settings-test-secret-value"
 BASE = {
@@ -211,9 +211,9 @@ def test_tracing_is_off_unless_set_on_and_refuses_anything_else(
 def test_tracing_on_without_its_packages_says_how_to_install_them(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.settings
+    import app.config.rules
 
-    monkeypatch.setattr(app.settings, "_installed", lambda module: False)
+    monkeypatch.setattr(app.config.rules, "_installed", lambda module: False)
     with pytest.raises(ValidationError, match=r"pip install 'videodb-token-broker\[otel\]'"):
         make_settings(otel="on")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import ConfigError, load_settings
+from app.config import ConfigError, load_settings
 
 KEY = "sk-config-0123456789"
 ONE = {"issuer": "https://a.idp.test", "audience": "api"}
