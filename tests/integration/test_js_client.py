@@ -1,0 +1,117 @@
+"""clients/js under Node's own test runner: its unit tests (a mocked clock, the feed over real
+sockets, the event-stream reader against eventsource-parser), then its calls against a running
+broker, whose log lines tell what reached it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.broker_process import BrokerProcess
+from tests.fakes.servers import ThreadedServer
+from tests.fakes.videodb import FakeVideoDB
+from tests.integration.conftest import API_KEY, TOKEN_PATH, assert_no_secret_in
+from tests.integration.js_package import JS_DIR, built_package, node_test, summary
+
+pytestmark = pytest.mark.integration
+
+AUDIENCE = "js-client-tests"
+SHARED_SECRET = "js-client-tests-shared-secret-not-for-production"
+UNIT_FILES = ["event-stream.test.mjs", "token-source.test.mjs", "capture-sessions.test.mjs"]
+
+
+@pytest.mark.parametrize("name", [*UNIT_FILES, "follow.test.mjs"])
+def test_the_package_passes_its_own_tests(name: str) -> None:
+    code, output = node_test([name])
+    counts = summary(output)
+    assert code == 0, output
+    assert counts.get("fail") == 0, output
+    assert counts.get("pass", 0) >= 4, output  # they ran, not skipped
+    assert counts.get("skipped") == 0, output
+
+
+@pytest.fixture(scope="module")
+def js_broker(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> Iterator[BrokerProcess]:
+    """The broker in shared-secret mode, so that the Node tests sign their users' JWTs."""
+    _, server = videodb_server
+    settings = {
+        "VIDEO_DB_API_KEY": API_KEY,
+        "VIDEO_DB_API": server.url,
+        "BROKER_AUTH_HS256_SECRET": SHARED_SECRET,
+        "BROKER_AUTH_ALGORITHMS": "HS256",
+        "BROKER_AUTH_AUDIENCE": AUDIENCE,
+        "BROKER_AUTH_LEEWAY_SECONDS": "0",
+        "BROKER_CAPTURE_SESSIONS": "on",
+        "BROKER_RATE_LIMIT": "5/minute",
+        "BROKER_UPSTREAM_TIMEOUT": "2",
+        "BROKER_CIRCUIT_FAILURE_THRESHOLD": "1000",
+    }
+    process = BrokerProcess(settings).wait_ready()
+    yield process
+    process.terminate()
+    assert_no_secret_in(process.output())
+
+
+def test_the_package_against_a_running_broker(js_broker: BrokerProcess) -> None:
+    code, output = node_test(
+        ["broker.test.mjs"],
+        env={
+            "BROKER_URL": js_broker.url,
+            "BROKER_TEST_HS256_SECRET": SHARED_SECRET,
+            "BROKER_TEST_AUDIENCE": AUDIENCE,
+        },
+    )
+    counts = summary(output)
+    assert code == 0, output
+    assert (counts.get("fail"), counts.get("pass")) == (0, 6), output
+    records = js_broker.log_records()
+
+    def issued(user: str) -> int:
+        return sum(r.get("event") == "token_issued" and r.get("user_id") == user for r in records)
+
+    assert issued("js-token") == 1  # three callers, one request
+    assert issued("js-relogin") == 1  # after the expired JWT's 401
+    assert issued("js-recorder") == 0  # the session's own token served getToken()
+    created = [r for r in records if r.get("event") == "capture_session_created"]
+    assert {"js-recorder", "js-no-live"} <= {r["user_id"] for r in created}
+    limited = [r for r in records if r.get("status") == 429 and r.get("path") == TOKEN_PATH]
+    assert len(limited) == 1  # asked again within Retry-After: nothing was sent
+    assert_no_secret_in(output)
+
+
+def test_the_package_publishes_its_build_and_types_only() -> None:
+    """What `npm publish` would upload: the compiled ESM and its .d.ts, no source or tests,
+    and no runtime dependency."""
+    package = built_package()
+    result = subprocess.run(
+        ["npm", "pack", "--dry-run", "--json", "--ignore-scripts"],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (packed,) = json.loads(result.stdout)
+    files = {entry["path"] for entry in packed["files"]}
+    assert {"package.json", "README.md", "dist/index.js", "dist/index.d.ts"} <= files
+    assert not {f for f in files if f.startswith(("src/", "test/", "node_modules/"))}
+    manifest = json.loads((JS_DIR / "package.json").read_text())
+    assert "dependencies" not in manifest
+    assert manifest["exports"]["."]["types"] == "./dist/index.d.ts"
+
+
+def test_a_typescript_app_using_the_package_compiles_and_misuse_does_not() -> None:
+    """test/types/app.ts imports the package by its name, as a user's app would; lines
+    marked @ts-expect-error must be refused by the compiler."""
+    package = built_package()
+    result = subprocess.run(
+        [str(package / "node_modules" / ".bin" / "tsc"), "-p", "test/types"],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
