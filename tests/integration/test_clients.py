@@ -22,6 +22,7 @@ from tests.fakes.redis_server import require_binary
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import AUDIENCE, broker_settings
+from tests.integration.js_package import built_package
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,18 @@ CHROMIUM_ARGS = [
 
 
 def _static_site() -> Starlette:
-    """examples/browser as a web server serves it: a missing file (the favicon) is a 404."""
-    return Starlette(routes=[Mount("/", StaticFiles(directory=REPO / "examples" / "browser"))])
+    """examples/browser as a web server serves it, with the package where `npm install` links
+    it (node_modules/videodb-token-broker-client -> clients/js); a missing file is a 404."""
+    package = built_package() / "dist"
+    return Starlette(
+        routes=[
+            Mount(
+                "/node_modules/videodb-token-broker-client/dist",
+                StaticFiles(directory=package),
+            ),
+            Mount("/", StaticFiles(directory=REPO / "examples" / "browser")),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,25 +153,27 @@ def test_browser_page_gets_and_refreshes_a_token_across_origins(
             "margin": "3",
         }
     )
-    # After two scheduled refreshes: VideoDB says 401 three times at once; the helper makes
+    # After two scheduled refreshes: VideoDB says 401 three times at once; the package makes
     # one request for all of them. Then the user signs out while a refresh is on its way:
-    # its answer is dropped and nothing is scheduled.
+    # its answer is dropped and nothing more is fetched.
     shown = _page_text(
         f"{page_server.url}/index.html?{query}",
         "Number(document.getElementById('refreshes').textContent) >= 2",
         then_js="""async () => {
-            const c = window.tokenClient;
-            c.stop();
-            const before = c.refreshes;
-            await Promise.all([c.invalidate(), c.invalidate(), c.getToken()]);
-            const shared = c.refreshes - before;
-            const pending = c.refresh();
-            c.stop();
-            const late = await pending.then(() => "kept", () => "dropped");
-            return [shared, late, c.current === null, c.timer === null].join(" ");
+            const t = window.tokens;
+            t.stop();
+            const before = t.fetches;
+            await Promise.all([t.invalidate(), t.invalidate(), t.getToken()]);
+            const shared = t.fetches - before;
+            const pending = t.invalidate();
+            t.stop();
+            const late = await pending.then(() => "kept", (e) => "dropped " + e.name);
+            const after = t.fetches;
+            await new Promise((resolve) => setTimeout(resolve, 3000));  // past a refresh due
+            return [shared, late, t.current === null, t.fetches === after].join(" ");
         }""",
     )
-    assert shown["js"] == "1 dropped true true"
+    assert shown["js"] == "1 dropped AbortError true true"
     assert shown["status"] == "ready"
     assert shown["token"].startswith("st-")
     assert shown["error"] == "none"
@@ -183,9 +196,9 @@ def test_browser_page_creates_a_capture_session_across_origins(
     idp: FakeIdentityProvider,
     videodb: FakeVideoDB,
 ) -> None:
-    """The helper's createCaptureSession in real Chromium: the session's id from the broker,
+    """The package's createCaptureSession in real Chromium: the session's id from the broker,
     created for the verified user with the page's metadata, and its token becomes the one
-    the helper holds and refreshes."""
+    the token source holds and refreshes."""
     query = urlencode(
         {
             "broker": short_lived_broker.url,
@@ -197,10 +210,10 @@ def test_browser_page_creates_a_capture_session_across_origins(
         f"{page_server.url}/index.html?{query}",
         "document.getElementById('status').textContent === 'ready'",
         then_js="""async () => {
-            const c = window.tokenClient;
+            const t = window.tokens;
             const options = {metadata: {app: "web"}, wsConnectionId: "ws-1"};
-            const s = await c.createCaptureSession(options);
-            return [s.sessionId, s.status, c.current.token === s.token].join(" ");
+            const s = await window.broker.createCaptureSession(t, options);
+            return [s.sessionId, s.status, t.current.token === s.token].join(" ");
         }""",
     )
     session_id, status, held = shown["js"].split(" ")
@@ -209,6 +222,68 @@ def test_browser_page_creates_a_capture_session_across_origins(
     sent = [body for method, _, body in videodb.session_calls if method == "POST"]
     assert sent[-1]["end_user_id"] == "web-recorder"
     assert sent[-1]["metadata"] == {"app": "web"}
+
+
+def test_browser_page_reads_back_and_follows_its_session_across_origins(
+    short_lived_broker: BrokerProcess,
+    page_server: ThreadedServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+) -> None:
+    """The user clicks "Create a capture session": the page creates it, reads it back with a
+    GET and follows its feed, each through a real CORS preflight (GET with the bearer; the
+    feed resumed with Last-Event-ID). Live capture is off on this broker, so the feed is a
+    not_found the page can read (a preflight refused would be a network error instead)."""
+    from playwright.sync_api import sync_playwright
+
+    query = urlencode(
+        {
+            "broker": short_lived_broker.url,
+            "id_token": idp.issuers[0].mint("web-follower", AUDIENCE),
+            "expires_in": "30",
+        }
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=require_binary("chromium"), args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{page_server.url}/index.html?{query}")
+            page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+            page.click("#create")
+            page.wait_for_function(
+                "!['-', 'following'].includes(document.getElementById('feed').textContent)"
+            )
+            session_id = page.inner_text("#session")
+            status, feed = page.inner_text("#session-status"), page.inner_text("#feed")
+            resumed = page.evaluate(
+                """async (id) => {
+                    const feed = window.broker.followCaptureSession(
+                        window.tokens, id, {lastEventId: "7"});
+                    return feed.next().then(() => "event", (e) => e.name + " " + e.code);
+                }""",
+                session_id,
+            )
+        finally:
+            browser.close()
+    assert session_id.startswith("cap-")
+    assert status == "created"  # read back with GET
+    assert feed.startswith("not_found:")
+    assert resumed == "BrokerError not_found"
+    records = short_lived_broker.log_records()
+    reads = [r for r in records if r.get("event") == "request" and session_id in r.get("path", "")]
+    assert {
+        (r["method"], r["path"].removeprefix(f"/v1/capture/sessions/{session_id}"), r["status"])
+        for r in reads
+    } == {
+        ("OPTIONS", "", 200),
+        ("GET", "", 200),
+        ("OPTIONS", "/events", 200),
+        ("GET", "/events", 404),
+    }
+    preflights = [r for r in reads if r["method"] == "OPTIONS"]
+    assert len(preflights) >= 2
 
 
 def test_browser_page_from_an_unlisted_origin_is_refused(
@@ -229,7 +304,7 @@ def test_browser_page_from_an_unlisted_origin_is_refused(
     finally:
         other.stop()
     assert shown["token"] == "none"
-    assert "TypeError" in shown["error"]  # the browser blocked it: CORS
+    assert "BrokerUnreachableError" in shown["error"]  # the browser blocked it: CORS
     assert not any(
         r.get("event") == "token_issued" and r.get("user_id") == "elsewhere"
         for r in short_lived_broker.log_records()
@@ -264,17 +339,16 @@ def test_browser_page_rides_out_a_broker_restart(
             first = page.inner_text("#token")
             restartable_broker.stop()
             # The scheduled refresh (5 s before expiry) fails; asked for a token right then,
-            # the helper answers with the one it holds instead of an error.
+            # the package answers with the one it holds instead of an error.
             outcome = page.evaluate(
                 """async () => {
-                    const c = window.tokenClient;
-                    const held = c.current.token;
+                    const t = window.tokens;
+                    const held = t.current.token;
                     const error = await new Promise((resolve) => {
-                        const report = c.onError;
-                        c.onError = (e) => { report(e); resolve(e); };
+                        addEventListener("broker-error", (e) => resolve(e.detail), {once: true});
                     });
-                    const answer = await c.getToken();
-                    return {error: error.name, same: answer === held, left: c.secondsLeft()};
+                    const answer = await t.getToken();
+                    return {error: error.name, same: answer === held, left: t.secondsLeft()};
                 }"""
             )
             restartable_broker.start()
@@ -284,7 +358,7 @@ def test_browser_page_rides_out_a_broker_restart(
             status, second = page.inner_text("#status"), page.inner_text("#token")
         finally:
             browser.close()
-    assert outcome["error"] == "TypeError"  # fetch's network error: the broker was gone
+    assert outcome["error"] == "BrokerUnreachableError"  # no answer: the broker was gone
     assert outcome["same"] is True
     assert outcome["left"] > 1
     assert status == "ready"
@@ -315,7 +389,7 @@ def test_browser_page_uses_the_cookie_with_its_csrf_header(
     cookie_broker: BrokerProcess, page_server: ThreadedServer, idp: FakeIdentityProvider
 ) -> None:
     """The JWT rides in a cookie for the broker's site; no script on the page can read it.
-    The helper sends it with `X-CSRF: 1` through a credentialed CORS exchange; the same
+    The package sends it with `X-CSRF: 1` through a credentialed CORS exchange; the same
     request without the header is refused, and the page can read why."""
     from playwright.sync_api import sync_playwright
 
