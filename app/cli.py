@@ -5,33 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import sys
-import tempfile
 from collections.abc import Sequence
 
-import uvicorn
-
-from app.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, load_settings
+from app.config.errors import exit_with_problems, settings_or_exit
 from app.live_checks import PROBE_USER_ID, live_checks
-from app.observability.logs import configure_logging, uvicorn_log_config
-from app.web.server_protocol import KEEP_ALIVE_S, SERVER_OPTIONS
-
-GRACEFUL_SHUTDOWN_SECONDS = 30
-# Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only. TLS 1.3 suites are
-# not set by this string; Python's ssl keeps its defaults for them, and the minimum is 1.2.
-TLS12_CIPHERS = ":".join(
-    [
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
-    ]
-)
+from app.observability.logs import configure_logging
+from app.server.protocol import KEEP_ALIVE_S
+from app.server.serve import serve, tls_problems
 
 
 def _default_port() -> int:
@@ -40,69 +22,12 @@ def _default_port() -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _refuse(exc.problems)
+    settings = settings_or_exit()
     tls = tls_problems(settings)
     if tls:
-        return _refuse(tls)
-    configure_logging(settings.log_level, settings.log_format)
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Each worker writes its metrics here; /metrics sums them (prometheus-client's
-        # multiprocess mode). Set before the workers start, as prometheus-client requires.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="broker-metrics-")
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=uvicorn_log_config(),
-        access_log=False,
-        **{**SERVER_OPTIONS, "timeout_keep_alive": args.keep_alive},
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        ssl_certfile=settings.tls_cert_file,
-        ssl_keyfile=settings.tls_key_file,
-        ssl_ciphers=TLS12_CIPHERS,  # uvicorn's default ("TLSv1") also admits CBC suites
-    )
+        exit_with_problems(tls)
+    serve(settings, args.host, args.port, args.workers, args.keep_alive)
     return 0
-
-
-def _refuse(problems: list[str]) -> int:
-    """Each configuration problem on its own line, on stderr; the exit status of `serve`."""
-    for problem in problems:
-        print(f"configuration error: {problem}", file=sys.stderr)
-    return 2
-
-
-def tls_problems(settings: Settings) -> list[str]:
-    """Whether the certificate and key can be read and belong together (uvicorn would stop
-    with a traceback): one line per problem, naming the variable."""
-    if not settings.tls_cert_file or not settings.tls_key_file:
-        return []
-    problems = []
-    for variable, path in (
-        ("BROKER_TLS_CERT_FILE", settings.tls_cert_file),
-        ("BROKER_TLS_KEY_FILE", settings.tls_key_file),
-    ):
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            problems.append(f"{variable}: the file cannot be read ({exc.strerror or exc})")
-    if problems:
-        return problems
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            settings.tls_cert_file, settings.tls_key_file
-        )
-    except ssl.SSLError:
-        return [
-            "BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE: not a PEM certificate and its private "
-            "key (or the key does not match the certificate)"
-        ]
-    return []
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.config.providers import ProviderConfig
 from app.errors import BrokerError
 from app.identity.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
+from app.identity.wiring import identity_provider_client
 from app.tokens.shared_store import KEY_PREFIX
 from app.videodb.client import VideoDBClient, build_http_client
 
@@ -38,7 +39,7 @@ async def live_checks(settings: Settings) -> list[CheckResult]:
     probes = [_videodb(settings)]
     if settings.redis_url is not None:
         probes.append(_redis(settings.redis_url))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(PROBE_TIMEOUT_S, connect=3.0)) as client:
+    async with identity_provider_client() as client:  # as the broker fetches keys
         probes += [_signing_keys(client, provider) for provider in settings.identity_providers]
         return list(await asyncio.gather(*probes))
 

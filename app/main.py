@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, TypedDict
 
-import httpx
 import structlog
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import __version__
-from app.capture.service import CaptureSessions
-from app.config import ConfigError, Settings, load_settings
-from app.identity.authenticator import Authenticator
-from app.identity.providers import IdentityProviders
+from app.capture.wiring import build_capture
+from app.config import Settings
+from app.config.errors import settings_or_exit
+from app.identity.wiring import start_identity
+from app.infra.rate_limits import UserRateLimiter
+from app.infra.wiring import limit_store, start_shared_state
 from app.observability.logs import configure_logging
-from app.rate_limit import UserRateLimiter
 from app.services import Services
-from app.shared_state import SharedState
-from app.tokens.cache import LocalTokenCache
-from app.tokens.sealing import TokenSealer
-from app.tokens.service import TokenService
-from app.tokens.shared_store import SharedTokenStore
-from app.videodb.circuit_breaker import CircuitBreaker
-from app.videodb.client import VideoDBClient, build_http_client
-from app.videodb.retries import ResilientVideoDB
+from app.tokens.wiring import build_tokens
+from app.videodb.wiring import start_videodb
 from app.web.capture_endpoints import router as capture_router
 from app.web.cors import ProblemCORSMiddleware, cors_middleware_options
 from app.web.ops_endpoints import router as ops_router
@@ -39,8 +32,6 @@ from app.web.token_endpoint import add_token_route
 
 if TYPE_CHECKING:
     from app.observability.otel import Tracing
-
-IDP_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
 log = structlog.get_logger(logger_name=__name__)
 
@@ -53,16 +44,6 @@ class State(TypedDict):
 
 # Polled by orchestrators and Prometheus: no log line unless it failed, no trace.
 OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-def settings_or_exit() -> Settings:
-    """Settings from the environment; on broken rules, one line each on stderr and exit 2."""
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def freeze_start_up_objects() -> None:
@@ -81,102 +62,46 @@ def freeze_start_up_objects() -> None:
 def lifespan_for(
     settings: Settings, tracing: Tracing | None = None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
-    """The lifespan of an app with these settings: it builds every long-lived service, hands
-    them to requests as the lifespan state, and closes them on shutdown."""
+    """The lifespan of an app with these settings: each area builds its long-lived services
+    and registers their cleanup; requests get them as the lifespan state."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        if tracing is not None:  # first: the signing keys' first fetch is traced too
-            tracing.start()
-        upstream_http = build_http_client(settings.upstream_timeout)
-        idp_http = httpx.AsyncClient(timeout=IDP_TIMEOUT, follow_redirects=False)
-        identity = IdentityProviders.from_configs(
-            settings.identity_providers, idp_http, by_issuer=settings.auth_issuers is not None
-        )
-        videodb = VideoDBClient(
-            upstream_http,
-            settings.videodb_api_key,
-            settings.videodb_api,
-            settings.upstream_timeout,
-            settings.capture_collection_id,
-        )
-        breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds)
-        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        shared = SharedState(redis_url) if redis_url else None
-        store = (
-            SharedTokenStore(shared, TokenSealer(settings.videodb_api_key.get_secret_value()))
-            if shared is not None
-            else None
-        )
-        resilient = ResilientVideoDB(videodb, breaker, settings.upstream_timeout)
-        tokens = TokenService(
-            resilient,
-            LocalTokenCache(settings.cache_max_entries),
-            store,
-            upstream_name=settings.videodb_api,
-            deadline=settings.upstream_timeout,
-        )
-        capture_on = settings.capture_sessions_on
-        services = Services(
-            settings=settings,
-            identity=identity,
-            breaker=breaker,
-            shared_state=shared,
-            authenticator=Authenticator(settings, identity),
-            limiter=UserRateLimiter(settings.rate_limit, shared, redis_url),
-            tokens=tokens,
-            capture=(
-                CaptureSessions(resilient, tokens, settings.capture_callback_url)
-                if capture_on
-                else None
-            ),
-            capture_limiter=(
-                UserRateLimiter(
-                    settings.capture_rate_limit,
-                    shared,
-                    redis_url,
-                    key_prefix="capture",
-                    noun="capture sessions",
-                )
-                if capture_on
-                else None
-            ),
-            capture_read_limiter=(
-                UserRateLimiter(
-                    settings.capture_read_rate_limit,
-                    shared,
-                    redis_url,
-                    key_prefix="capture_read",
-                    noun="capture session reads",
-                )
-                if capture_on
-                else None
-            ),
-        )
-        await identity.start()
-        if shared is not None and not await shared.ping():
-            log.warning("redis_unreachable_at_start", fallback="in-process cache and limits")
-        log.info(
-            "broker_started",
-            version=__version__,
-            key_source=identity.describe(),
-            upstream=settings.videodb_api,
-        )
-        freeze_start_up_objects()
-        try:
+        async with AsyncExitStack() as stack:
+            if tracing is not None:  # first: the signing keys' first fetch is traced too
+                tracing.start()
+                # queued spans go out, bounded (otel.py); off the loop; closed last
+                stack.push_async_callback(asyncio.to_thread, tracing.stop)
+            stack.callback(log.info, "broker_stopped")
+            services = await _start_services(settings, stack)
+            log.info(
+                "broker_started",
+                version=__version__,
+                key_source=services.identity.describe(),
+                upstream=settings.videodb_api,
+            )
+            freeze_start_up_objects()
             yield {"services": services}
-        finally:
-            if tracing is not None:
-                # queued spans go out, bounded by OTEL_EXPORTER_OTLP_TIMEOUT; off the loop
-                await asyncio.to_thread(tracing.stop)
-            await identity.stop()
-            if shared is not None:
-                await shared.close()
-            await upstream_http.aclose()
-            await idp_http.aclose()
-            log.info("broker_stopped")
 
     return lifespan
+
+
+async def _start_services(settings: Settings, stack: AsyncExitStack) -> Services:
+    videodb, breaker = await start_videodb(settings, stack)
+    shared = await start_shared_state(settings, stack)
+    limits = limit_store(shared)
+    tokens = build_tokens(settings, videodb, shared)
+    identity = await start_identity(settings, stack)
+    return Services(
+        settings=settings,
+        identity=identity.providers,
+        breaker=breaker,
+        shared_state=shared,
+        authenticator=identity.authenticator,
+        limiter=UserRateLimiter(settings.rate_limit, limits, "token", "token requests"),
+        tokens=tokens,
+        capture=build_capture(settings, videodb, tokens, limits),
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from app.capture.service import CaptureSessions
+from app.capture.wiring import Capture
 from app.config import Settings
 from app.identity.authenticator import Authenticator
 from app.identity.providers import IdentityProviders
-from app.rate_limit import UserRateLimiter
-from app.shared_state import SharedState
+from app.infra.rate_limits import UserRateLimiter
+from app.infra.redis_state import SharedState
 from app.tokens.service import TokenService
 from app.videodb.circuit_breaker import CircuitBreaker
 
@@ -30,9 +30,7 @@ class Services:
     authenticator: Authenticator
     limiter: UserRateLimiter
     tokens: TokenService
-    capture: CaptureSessions | None = None  # BROKER_CAPTURE_SESSIONS=on only
-    capture_limiter: UserRateLimiter | None = None
-    capture_read_limiter: UserRateLimiter | None = None  # reads of one's sessions, apart
+    capture: Capture | None = None  # BROKER_CAPTURE_SESSIONS=on only
 
 
 def services_in(scope: Scope) -> Services:

@@ -13,9 +13,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.infra.redis_state import SharedState
 from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
-from app.shared_state import SharedState
 from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
 from tests.fakes.redis_server import RedisServer
 

@@ -5,13 +5,21 @@ contract lets a client see."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import NotFound
 from app.observability import tracing
 from app.tokens.service import IssuedToken, TokenService
 from app.videodb.answers import SESSION_ID, CaptureSession
-from app.videodb.retries import ResilientVideoDB
+
+
+class SessionStore(Protocol):
+    """Where capture sessions are made and read: VideoDB, through its resilient client."""
+
+    async def create_capture_session(self, payload: dict[str, object]) -> CaptureSession: ...
+
+    async def get_capture_session(self, session_id: str) -> dict[str, object]: ...
+
 
 # What a client may see of VideoDB's record (never callback_url, end_user_id or rtstreams).
 PUBLIC_FIELDS = (
@@ -56,7 +64,7 @@ class CaptureSessions:
     """Capture sessions at VideoDB, in the server's collection, for one user at a time."""
 
     def __init__(
-        self, videodb: ResilientVideoDB, tokens: TokenService, callback_url: str | None
+        self, videodb: SessionStore, tokens: TokenService, callback_url: str | None
     ) -> None:
         self._videodb = videodb
         self._tokens = tokens

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
@@ -13,6 +16,27 @@ class ConfigError(Exception):
     def __init__(self, *problems: str) -> None:
         super().__init__(problems[0] if len(problems) == 1 else "; ".join(problems))
         self.problems = list(problems)
+
+
+if TYPE_CHECKING:
+    from app.config.settings import Settings
+
+
+def exit_with_problems(problems: list[str]) -> NoReturn:
+    """Each problem on its own line on stderr, then exit 2: how a server refuses to start."""
+    for problem in problems:
+        print(f"configuration error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def settings_or_exit() -> Settings:
+    """Settings from the environment, or every broken rule on stderr and exit 2."""
+    from app.config.settings import load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        exit_with_problems(exc.problems)
 
 
 _ENV_NAMES = {

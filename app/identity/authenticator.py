@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,6 @@ import structlog
 from cachetools import TLRUCache
 from fastapi import Request
 
-from app.config import Settings
 from app.config.providers import NO_PROVIDER_LABEL
 from app.errors import (
     BrokerError,
@@ -126,11 +126,19 @@ def _annotate_refusal(provider: str, reason: str) -> None:
 class Authenticator:
     """Reads the credential, checks it against the signing keys and the configured claims."""
 
-    def __init__(self, settings: Settings, providers: IdentityProviders) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        providers: IdentityProviders,
+        *,
+        leeway_seconds: int,
+        cookie_name: str | None = None,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
         self._providers = providers
+        self._leeway = leeway_seconds
+        self._cookie_name = cookie_name
+        self._allowed_origins = frozenset(allowed_origins)
         self._verified = VerifiedTokens()
-        self._allowed_origins = frozenset(settings.cors_origins)
 
     def _credential(self, request: Request) -> tuple[str, bool]:
         headers = request.headers.getlist("authorization")
@@ -143,7 +151,7 @@ class Authenticator:
             if scheme.lower() != "bearer" or not token:
                 raise MissingToken("Send the user's JWT as 'Authorization: Bearer <token>'.")
             return token, False
-        cookie_name = self._settings.auth_cookie_name
+        cookie_name = self._cookie_name
         cookie = _only_cookie(request, cookie_name) if cookie_name else None
         if not cookie:
             raise MissingToken("Send the user's JWT as 'Authorization: Bearer <token>'.")
@@ -178,7 +186,7 @@ class Authenticator:
             header,
             audience=config.audience,
             issuer=config.issuer,
-            leeway=self._settings.auth_leeway_seconds,
+            leeway=self._leeway,
             audience_claim=config.audience_claim,
         )
 
@@ -249,7 +257,7 @@ class Authenticator:
                 "token lacks a required scope", " ".join(sorted(provider.required_scopes))
             )
         valid_until = min(
-            float(claims["exp"]) + self._settings.auth_leeway_seconds,
+            float(claims["exp"]) + self._leeway,
             time.time() + VERIFIED_CACHE_MAX_SECONDS,
         )
         verified = _Verified(user_id, scopes, provider.index, generation, valid_until)

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.sandbox.dev_issuer import DevIssuer
 from app.sandbox.loopback import base_url, bind_loopback, server_for
 from app.sandbox.stand_in_videodb import stand_in_videodb
-from app.web.server_protocol import SERVER_OPTIONS
+from app.server.protocol import SERVER_OPTIONS
 
 DEMO_AUDIENCE = "videodb-token-broker-demo"
 DEMO_USER = "demo-user"

@@ -10,7 +10,7 @@ import structlog
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
-from app.shared_state import SharedState
+from app.infra.redis_state import SharedState
 from app.tokens.cache import CachedToken
 from app.tokens.sealing import CacheSealError, TokenSealer
 

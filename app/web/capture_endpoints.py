@@ -15,18 +15,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from app.capture.service import CaptureSessions
+from app.capture.wiring import Capture
 from app.config import Settings
 from app.errors import BrokerError, InvalidRequest, UpstreamUnusable
 from app.observability import metrics
 from app.observability.fingerprints import fingerprint
-from app.rate_limit import UserRateLimiter
 from app.services import Services, services_of
+from app.tokens.lifetime import requested_lifetime
 from app.videodb.answers import SESSION_ID
 from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body
 from app.web.request_context import audit_log
-from app.web.token_endpoint import requested_lifetime
 
 SESSIONS_PATH = "/v1/capture/sessions"
 MAX_BODY_BYTES = 4096
@@ -167,15 +166,11 @@ def _portable(value: object) -> object:
     return value
 
 
-def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter, UserRateLimiter]:
-    """The sessions, the creation limit and the read limit (each apart from the token's)."""
-    if (
-        services.capture is None
-        or services.capture_limiter is None
-        or services.capture_read_limiter is None
-    ):
+def _capture(services: Services) -> Capture:
+    """The capture bundle (its routes are mounted only when it exists)."""
+    if services.capture is None:
         raise RuntimeError("capture sessions are off: their routes are not mounted")
-    return services.capture, services.capture_limiter, services.capture_read_limiter
+    return services.capture
 
 
 @router.post(
@@ -205,15 +200,15 @@ def _capture(services: Services) -> tuple[CaptureSessions, UserRateLimiter, User
 async def create_capture_session(request: Request) -> Response:
     """A session whose end user is the verified user, and a token; 201 with its Location."""
     services = services_of(request)
-    sessions, capture_limiter, _ = _capture(services)
+    capture = _capture(services)
     try:
         user = await services.authenticator.authenticate(request)
         ttl, ws_connection_id, metadata = creation_request(
             await read_body(request, MAX_BODY_BYTES), services.settings
         )
-        await capture_limiter.check(user.user_id)
+        await capture.create_limiter.check(user.user_id)
         await services.limiter.check(user.user_id)  # the token inside counts as one, too
-        created = await sessions.create(user.user_id, ttl, ws_connection_id, metadata)
+        created = await capture.sessions.create(user.user_id, ttl, ws_connection_id, metadata)
     except BrokerError as exc:
         metrics.CAPTURE_SESSIONS.labels(exc.code).inc()
         raise
@@ -258,10 +253,10 @@ async def create_capture_session(request: Request) -> Response:
 async def read_capture_session(request: Request, session_id: str) -> Response:
     """The owner's view of one session; another user's and an unknown one are one 404."""
     services = services_of(request)
-    sessions, _, read_limiter = _capture(services)
+    capture = _capture(services)
     user = await services.authenticator.authenticate(request)
     if not SESSION_ID.fullmatch(session_id):
         raise InvalidRequest("session_id must be 1-128 characters of A-Z a-z 0-9 _ -")
-    await read_limiter.check(user.user_id)  # never the token limit: reading spends no token
-    view = await sessions.read(user.user_id, session_id)
+    await capture.read_limiter.check(user.user_id)  # never the token limit: reading spends no token
+    view = await capture.sessions.read(user.user_id, session_id)
     return Response(json_body(view), media_type="application/json", headers=NO_STORE)

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.errors import InvalidRequest
 from app.observability.fingerprints import fingerprint
 from app.services import Services, services_of
+from app.tokens.lifetime import requested_lifetime
 from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body
 from app.web.request_context import AUDIT_SCOPE_KEY
@@ -73,19 +74,6 @@ def requested_ttl(body: bytes, settings: Settings) -> int:
             "Only 'expires_in' may be sent; the user id comes from the verified token."
         )
     return requested_lifetime(document, settings)
-
-
-def requested_lifetime(document: dict[str, Any], settings: Settings) -> int:
-    """`expires_in` of a request body: the default when absent, else an integer in range."""
-    low, high = settings.token_min_ttl, settings.token_max_ttl
-    if "expires_in" not in document:
-        return settings.token_default_ttl
-    ttl = document["expires_in"]
-    if isinstance(ttl, float) and ttl.is_integer():
-        ttl = int(ttl)  # JSON Schema counts 600.0 as an integer, so do we
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not low <= ttl <= high:
-        raise InvalidRequest(f"expires_in must be an integer from {low} to {high} seconds.")
-    return ttl
 
 
 class ServedByItsHandler(APIRoute):

@@ -34,7 +34,7 @@ class _VideoDB:
 
 def _service(videodb: _VideoDB, minter: CountingMinter, callback: str | None = None) -> Any:
     tokens = TokenService(minter, LocalTokenCache(10), None, "https://v", deadline=5)
-    return CaptureSessions(videodb, tokens, callback)  # type: ignore[arg-type]
+    return CaptureSessions(videodb, tokens, callback)
 
 
 async def test_the_token_comes_first_and_the_session_names_the_verified_user() -> None:

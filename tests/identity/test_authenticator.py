@@ -74,7 +74,10 @@ async def test_a_token_of_a_withdrawn_key_is_refused_even_if_the_ring_keeps_its_
     keys = _KeysReplacedInPlace(issuer.jwks())
     settings = make_settings()
     provider = Provider(0, settings.identity_providers[0], keys, frozenset({"RS256"}), frozenset())
-    authenticator = Authenticator(settings, IdentityProviders([provider], by_issuer=False))
+    authenticator = Authenticator(
+        IdentityProviders([provider], by_issuer=False),
+        leeway_seconds=settings.auth_leeway_seconds,
+    )
     token = issuer.mint("alice", AUDIENCE)
     ring_address = id(keys.ring)
     assert (await authenticator.authenticate(_request(token))).user_id == "alice"

@@ -351,7 +351,7 @@ async def served(
                     break
                 await asyncio.sleep(0.01)
             assert providers.ready, providers.states()
-            yield Authenticator(settings, providers), name, key
+            yield Authenticator(providers, leeway_seconds=settings.auth_leeway_seconds), name, key
             await providers.stop()
 
 

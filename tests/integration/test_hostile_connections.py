@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.web.server_protocol import MAX_HEAD_BYTES, REQUEST_READ_TIMEOUT_S
+from app.server.protocol import MAX_HEAD_BYTES, REQUEST_READ_TIMEOUT_S
 from tests.fakes.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.servers import ThreadedServer

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.shared_state import SharedState
+from app.infra.redis_state import SharedState
 from app.tokens.cache import LocalTokenCache
 from app.tokens.sealing import TokenSealer
 from app.tokens.service import TokenService

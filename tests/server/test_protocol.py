@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
-from app.web.server_protocol import (
+from app.server.protocol import (
     SERVER_OPTIONS,
     GuardedHttpToolsProtocol,
     refusal,

@@ -10,7 +10,6 @@ from typing import TypeVar
 
 import redis.asyncio as redis
 import structlog
-from limits.errors import StorageError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
@@ -66,9 +65,8 @@ async def patient_timeout(seconds: float, hard_limit: float) -> AsyncIterator[No
 def _command_refused(exc: BaseException) -> bool:
     """Redis answered, with an error for this one command (a key holding garbage, a script
     refusing its input): Redis is up, and only this call falls back."""
-    cause = exc.storage_error if isinstance(exc, StorageError) else exc
-    return isinstance(cause, ResponseError) and not isinstance(
-        cause,
+    return isinstance(exc, ResponseError) and not isinstance(
+        exc,
         ReadOnlyError | OutOfMemoryError,  # a server that cannot serve at all
     )
 
@@ -77,6 +75,7 @@ class SharedState:
     """A Redis client with a short timeout; while Redis is down, callers fall back locally."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_MAX_CONNECTIONS,
@@ -123,7 +122,7 @@ class SharedState:
                 with tracing.span(f"redis {command}", **{"db.system.name": "redis"}):
                     async with patient_timeout(REDIS_TIMEOUT_SECONDS, REDIS_HARD_TIMEOUT_SECONDS):
                         result = await operation()
-            except (RedisError, StorageError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 if _command_refused(exc):
                     self._succeeded()
                     self._command_refused(exc)
@@ -137,10 +136,9 @@ class SharedState:
         now = time.monotonic()
         if now - self._command_error_logged_at >= COMMAND_ERROR_LOG_INTERVAL_SECONDS:
             self._command_error_logged_at = now
-            cause = exc.storage_error if isinstance(exc, StorageError) else exc
             log.warning(
                 "redis_command_refused",
-                error_type=type(cause).__name__,
+                error_type=type(exc).__name__,
                 fallback="in-process for this call",
             )
 

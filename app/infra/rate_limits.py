@@ -1,4 +1,4 @@
-"""Per-user limits on the token endpoint with `limits`: in memory, or shared through Redis."""
+"""Per-user limits with `limits`: in memory, or shared through Redis."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import structlog
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 
 from app.errors import RateLimited
+from app.infra.redis_state import SharedState
 from app.observability import metrics
-from app.shared_state import SharedState
 
 T = TypeVar("T")
 log = structlog.get_logger(logger_name=__name__)
@@ -63,73 +64,81 @@ def _limits_uri(redis_url: str) -> str:
     return "async+" + redis_url if not redis_url.startswith("async+") else redis_url
 
 
-class UserRateLimiter:
-    """Sliding-window limits per user id; falls back to this process when Redis is down.
+class LimitStore:
+    """Where the counters of every limit live: in this process, and in Redis when there is
+    one (shared by replicas), with this process taking over while Redis is down."""
 
-    The sliding-window counter weighs the previous window's count by how much of it still
-    overlaps the last `period`: two counters per user and limit, whatever the limit. The
-    moving window it replaced kept one timestamp per allowed request and inserted each new
-    one at the front of a list, so a generous limit such as `100000/hour` cost memory and
-    time in proportion to the limit on every request (docs/performance.md).
-    """
-
-    def __init__(
-        self,
-        rate: str,
-        shared: SharedState | None = None,
-        redis_url: str | None = None,
-        key_prefix: str | None = None,
-        noun: str = "token requests",
-    ) -> None:
-        self._items: list[RateLimitItem] = parse_many(rate)
-        self._noun = noun
+    def __init__(self, shared: SharedState | None = None) -> None:
         self.local_storage = SweepingMemoryStorage()
-        self._local = SlidingWindowCounterRateLimiter(self.local_storage)
+        self.local = SlidingWindowCounterRateLimiter(self.local_storage)
         self._shared = shared
         self._remote: SlidingWindowCounterRateLimiter | None = None
-        if shared is not None and redis_url is not None:
+        if shared is not None:
             storage = RedisStorage(
-                _limits_uri(redis_url),
+                _limits_uri(shared.url),
                 implementation="redispy",
                 wrap_exceptions=True,
-                # another limit (capture sessions) counts apart, even at the same rate
-                key_prefix="vtb:v1:limits" + (f":{key_prefix}" if key_prefix else ""),
+                key_prefix="vtb:v1:limits",
                 connection_pool=shared.pool,  # type: ignore[arg-type]  # typed too narrowly
             )
             self._remote = SlidingWindowCounterRateLimiter(storage)
 
+    def pick(self) -> SlidingWindowCounterRateLimiter:
+        """Redis's counters while it is usable, else this process's."""
+        if self._remote is None or self._shared is None or not self._shared.available:
+            return self.local
+        return self._remote
+
+    async def run(
+        self,
+        limiter: SlidingWindowCounterRateLimiter,
+        call: Callable[[SlidingWindowCounterRateLimiter], Awaitable[T]],
+    ) -> T:
+        """Run on the chosen limiter; if Redis fails mid-call, run in this process instead."""
+        shared = self._shared
+        if limiter is self.local or shared is None:
+            return await call(limiter)
+
+        async def on_redis() -> T:
+            try:
+                return await call(limiter)
+            except StorageError as exc:  # limits' wrapper: the Redis error is what happened
+                raise exc.storage_error from None
+
+        result = await shared.run(on_redis, "RATE_LIMIT")
+        return result if result is not None else await call(self.local)
+
+
+class UserRateLimiter:
+    """Sliding-window limits per user id, counted in one store under their own name.
+
+    The sliding-window counter weighs the previous window's count by how much of it still
+    overlaps the last `period`: two counters per user and limit, whatever the limit.
+    """
+
+    def __init__(self, rate: str, store: LimitStore, name: str, noun: str) -> None:
+        self._items: list[RateLimitItem] = parse_many(rate)
+        self._store = store
+        self._name = name  # another limit (capture sessions) counts apart, even at one rate
+        self._noun = noun
+
     async def check(self, user_id: str) -> None:
         """Count one request for this user; raise RateLimited when over any limit."""
         who = hashlib.sha256(user_id.encode()).hexdigest()[:32]
-        limiter = self._pick()
+        limiter = self._store.pick()
         for item in self._items:
             await self._check_one(limiter, item, who)
-
-    def _pick(self) -> SlidingWindowCounterRateLimiter:
-        if self._remote is None or self._shared is None or not self._shared.available:
-            return self._local
-        return self._remote
 
     async def _check_one(
         self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, who: str
     ) -> None:
-        if await self._run(limiter, lambda lim: lim.hit(item, who)):
+        name = self._name
+        if await self._store.run(limiter, lambda lim: lim.hit(item, name, who)):
             return
-        stats = await self._run(limiter, lambda lim: lim.get_window_stats(item, who))
+        stats = await self._store.run(limiter, lambda lim: lim.get_window_stats(item, name, who))
         retry = max(1, math.ceil(stats.reset_time - time.time()))
         metrics.RATE_LIMITED.inc()
         raise RateLimited(
             f"Too many {self._noun} for this user; retry after {retry} s.",
             headers={"Retry-After": str(retry)},
         )
-
-    async def _run(
-        self,
-        limiter: SlidingWindowCounterRateLimiter,
-        call: Callable[[SlidingWindowCounterRateLimiter], Awaitable[T]],
-    ) -> T:
-        """Run on the chosen limiter; if Redis fails mid-call, run in this process instead."""
-        if limiter is self._local or self._shared is None:
-            return await call(limiter)
-        result = await self._shared.run(lambda: call(limiter), "RATE_LIMIT")
-        return result if result is not None else await call(self._local)

@@ -35,12 +35,13 @@ async def test_over_the_limit_is_429_with_retry_after_per_user(
 
 
 async def test_in_memory_limits_forget_idle_users_and_stay_cheap() -> None:
-    from app.rate_limit import UserRateLimiter
+    from app.infra.rate_limits import LimitStore, UserRateLimiter
 
-    limiter = UserRateLimiter("2/second")
+    store = LimitStore()
+    limiter = UserRateLimiter("2/second", store, "token", "token requests")
     for i in range(20_000):
         await limiter.check(f"user-{i}")
-    storage = limiter.local_storage
+    storage = store.local_storage
     assert len(storage.storage) == 20_000  # one window counter per user so far
     await asyncio.sleep(2.1)  # a counter lives for two windows (it weighs the next one)
     await storage.sweep()
@@ -49,21 +50,23 @@ async def test_in_memory_limits_forget_idle_users_and_stay_cheap() -> None:
 
 
 async def test_a_generous_limit_keeps_two_counters_per_user_not_one_entry_per_request() -> None:
-    from app.rate_limit import UserRateLimiter
+    from app.infra.rate_limits import LimitStore, UserRateLimiter
 
-    limiter = UserRateLimiter("100000/hour")
+    store = LimitStore()
+    limiter = UserRateLimiter("100000/hour", store, "token", "token requests")
     for _ in range(5_000):
         await limiter.check("busy-user")
-    storage = limiter.local_storage
+    storage = store.local_storage
     assert len(storage.storage) <= 2  # this window's counter and, at most, the previous one
     assert sum(storage.storage.values()) == 5_000
     assert not storage.events  # no per-request timestamps
 
 
 async def test_limits_slide_rather_than_reset_at_the_window_edge() -> None:
-    from app.rate_limit import UserRateLimiter
+    from app.infra.rate_limits import LimitStore, UserRateLimiter
 
-    limiter = UserRateLimiter("10/second")
+    store = LimitStore()
+    limiter = UserRateLimiter("10/second", store, "token", "token requests")
     window_start = math.floor(time.time()) + 1
     await asyncio.sleep(window_start - time.time() + 0.05)
     for _ in range(10):
@@ -86,7 +89,7 @@ async def test_the_sweep_override_is_the_one_limits_calls(monkeypatch: pytest.Mo
     back. This fails first (and `pyproject.toml` bounds `limits` below its next major)."""
     from limits.aio.storage import MemoryStorage
 
-    from app.rate_limit import SweepingMemoryStorage, UserRateLimiter
+    from app.infra.rate_limits import LimitStore, SweepingMemoryStorage, UserRateLimiter
 
     assert hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry")
     calls = 0
@@ -98,10 +101,11 @@ async def test_the_sweep_override_is_the_one_limits_calls(monkeypatch: pytest.Mo
         await original(self)
 
     monkeypatch.setattr(SweepingMemoryStorage, "_MemoryStorage__schedule_expiry", counted)
-    limiter = UserRateLimiter("1000/second")
+    store = LimitStore()
+    limiter = UserRateLimiter("1000/second", store, "token", "token requests")
     for i in range(50):
         await limiter.check(f"user-{i}")
     assert calls >= 50  # upstream calls the hook on every hit: ours answers it
-    sweeps = limiter.local_storage.timer
+    sweeps = store.local_storage.timer
     assert sweeps is not None  # one sweep started, the next not before the interval
-    assert limiter.local_storage._next_sweep > 0
+    assert store.local_storage._next_sweep > 0

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
-from app.rate_limit import UserRateLimiter
-from app.shared_state import REDIS_HARD_TIMEOUT_SECONDS, SharedState, patient_timeout
+from app.infra.rate_limits import LimitStore, UserRateLimiter
+from app.infra.redis_state import REDIS_HARD_TIMEOUT_SECONDS, SharedState, patient_timeout
 from tests.fakes.redis_server import RedisServer
 
 API_KEY = "sk-shared-state-0123456789"
@@ -102,7 +102,7 @@ async def test_patient_timeout_holds_at_its_hard_limit_however_busy_the_loop() -
 async def test_a_garbage_limiter_key_affects_that_call_only(
     redis_server: RedisServer, shared: SharedState, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    limiter = UserRateLimiter("5/minute", shared, redis_server.url)
+    limiter = UserRateLimiter("5/minute", LimitStore(shared), "token", "token requests")
     await limiter.check("ada")
     raw = redis_server.client()
     keys = raw.keys("vtb:v1:limits*")
