@@ -4,11 +4,13 @@ desktop program."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -16,13 +18,13 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from tests.fakes.broker_process import REPO, BrokerProcess, free_port
+from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import require_binary
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import AUDIENCE, broker_settings
-from tests.integration.js_package import built_package
+from tests.integration.js_package import built_package, node
 
 pytestmark = pytest.mark.integration
 
@@ -437,6 +439,90 @@ def test_browser_page_uses_the_cookie_with_its_csrf_header(
     preflights = [r for r in records if r.get("event") == "request" and r["method"] == "OPTIONS"]
     assert preflights
     assert all(r["status"] == 200 for r in preflights)
+
+
+NODE_EXAMPLE = REPO / "examples" / "node"
+
+
+def _node_example(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[int, list[dict[str, object]], str]:
+    """examples/node/main.mjs with VideoDB's npm package as `npm ci` installed it: its exit
+    code, its JSON lines, and everything it and the SDK printed."""
+    if not (NODE_EXAMPLE / "node_modules" / "videodb").is_dir():
+        message = "examples/node is not installed: npm ci --prefix examples/node"
+        if os.environ.get("BROKER_TESTS_REQUIRE_ALL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    built_package()
+    result = subprocess.run(
+        [node(), str(NODE_EXAMPLE / "main.mjs"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean_env(), **(env or {})},
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.returncode, events, result.stdout + result.stderr
+
+
+def test_node_example_starts_videodb_capture_client_and_keeps_its_token_fresh_without_the_recorder(
+    short_lived_broker: BrokerProcess,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+    tmp_path: Path,
+) -> None:
+    """VideoDB's real npm package (videodb 0.2.0, `videodb/capture`), whose native recorder is
+    downloaded at run time for macOS and Windows only: the program creates its session through
+    the broker, hands the session and its token to CaptureClient, says in one line that the
+    recorder cannot be had here, and goes on refreshing the token."""
+    sdk = json.loads((NODE_EXAMPLE / "node_modules" / "videodb" / "package.json").read_text())
+    assert (sdk["name"], sdk["version"]) == ("videodb", "0.2.0")  # the SDK, not a stand-in
+    id_token = tmp_path / "id-token"
+    id_token.write_text(idp.issuers[0].mint("node-recorder", AUDIENCE) + "\n")
+    code, events, output = _node_example(
+        *("--broker", short_lived_broker.url, "--session"),
+        *("--expires-in", "4", "--margin", "3", "--run-for", "5"),
+        env={"ID_TOKEN_FILE": str(id_token)},
+    )
+    assert code == 0, output
+    names = [e["event"] for e in events]
+    assert names[0] == "token_received"  # the session's own token, in the same round trip
+    (created,) = [e for e in events if e["event"] == "capture_session_created"]
+    assert str(created["session_id"]).startswith("cap-")
+    (missing,) = [e for e in events if e["event"] == "videodb_recorder_missing"]
+    assert "not supported" in str(missing["note"])  # VideoDB's own words: linux-x64
+    assert names.count("token_received") >= 2  # kept fresh afterwards
+    assert all(str(e["token"]).startswith("sha256:") for e in events if "token" in e)
+    assert events[-1] == {"event": "stopped", "fetches": names.count("token_received")}
+    ((method, _path, sent),) = videodb.session_calls
+    assert (method, sent["end_user_id"], sent["metadata"]) == (
+        "POST",
+        "node-recorder",
+        {"app": "node-example"},
+    )
+    assert "st-" not in output
+    assert "Error:" not in output  # no stack trace, from the program or the SDK
+
+
+def test_node_example_takes_no_token_on_the_command_line_and_reports_a_refusal(
+    short_lived_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    code, _, output = _node_example("--broker", short_lived_broker.url, "--id-token", "x.y.z")
+    assert code == 2
+    assert "ID_TOKEN_FILE" in output  # where to put it instead
+    assert "x.y.z" not in output  # the refusal does not echo it
+    code, _, output = _node_example("--broker", short_lived_broker.url)
+    assert code == 2
+    assert "ID_TOKEN_FILE" in output
+    id_token = tmp_path / "id-token"
+    id_token.write_text("not-a-jwt")
+    code, events, _ = _node_example(
+        "--broker", short_lived_broker.url, env={"ID_TOKEN_FILE": str(id_token)}
+    )
+    assert code == 1
+    assert events[-2]["event"] == "broker_refused"
+    assert events[-2]["code"] == "invalid_token"
 
 
 def _desktop(*args: str) -> tuple[int, list[dict[str, object]], str]:
