@@ -48,7 +48,7 @@ GRACE_PERIOD_S = 40  # the Kubernetes manifests' terminationGracePeriodSeconds
 SHARED_SECRET = "image-test-shared-secret-32-bytes!!"
 CANARY = f"sk-canary-{uuid.uuid4().hex}"
 SECRETISH = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.I)
-ABSENT_FROM_THE_IMAGE = ("pip", "setuptools", "wheel", "watchfiles", "websockets")
+ABSENT_FROM_THE_IMAGE = ("pip", "setuptools", "wheel", "watchfiles")  # websockets: live capture
 
 
 @pytest.fixture(scope="module")
