@@ -5,7 +5,12 @@ token fresh: refreshed before expiry, and fresh before each new recording, as Vi
 clients need. A refresh that fails for a passing reason (the broker unreachable, 408, 429,
 5xx) is tried again after Retry-After or a growing backoff while the token held stays in use.
 
-    python capture_app.py --broker https://broker.example.com --id-token "$ID_TOKEN" --session
+    python capture_app.py --broker https://broker.example.com --id-token-file ~/.app/id-token
+
+The user's JWT comes from an id-token provider asked before every request (session_keeper.py):
+a file reread each time (--id-token-file), a command run each time (--id-token-command), or
+one token from stdin (--id-token-stdin) or the ID_TOKEN environment variable; never from the
+command line, where `ps` shows it. On a 401 the provider is asked once more before giving up.
 
 Only httpx is needed. With VideoDB's SDK (`pip install "videodb[capture]"`) the session is
 started with `CaptureClient(client_token=...)` and `start_session(...)`; without its native
@@ -17,143 +22,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
+import shlex
 import sys
-import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
-
-TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
-SESSIONS_PATH = "/v1/capture/sessions"
-# Statuses worth trying again later; anything else (401, 403, 422) needs the user or the app.
-RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
-MAX_BACKOFF_S = 60.0
-
-
-class BrokerRefused(Exception):
-    """The broker answered with a problem; `code` is its machine-readable reason."""
-
-    def __init__(self, status: int, problem: dict[str, Any], retry_after: float | None) -> None:
-        super().__init__(problem.get("detail") or f"HTTP {status}")
-        self.status = status
-        self.code = str(problem.get("code", "unknown"))
-        self.retry_after = retry_after
-
-
-def fingerprint(token: str) -> str:
-    """The broker's own log format for a token."""
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-class SessionTokenKeeper:
-    """Holds one session token and refreshes it `margin` seconds before it expires."""
-
-    def __init__(
-        self, broker: str, id_token: str, expires_in: int | None = None, margin: float = 300
-    ) -> None:
-        self._broker = broker.rstrip("/")
-        self._url = self._broker + TOKEN_PATH
-        self._id_token = id_token
-        self._expires_in = expires_in
-        self._margin = margin
-        self._lock = threading.Lock()  # one request to the broker at a time
-        self._http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
-        self.token: str | None = None
-        self.expires_at = 0.0
-        self.lifetime = 0.0  # what the broker granted the current token, in seconds
-        self.fetches = 0
-
-    def get(self) -> str:
-        """A token with more than the refresh margin left, fetching if needed."""
-        with self._lock:
-            if self.token is None or self.expires_at - time.time() <= self._refresh_margin():
-                self._fetch()
-            assert self.token is not None
-            return self.token
-
-    def create_session(self) -> str:
-        """Create a capture session through the broker; keep the token that came with it."""
-        with self._lock:
-            body = {"expires_in": self._expires_in} if self._expires_in else {}
-            response = self._http.post(
-                self._broker + SESSIONS_PATH,
-                json=body,
-                headers={"Authorization": f"Bearer {self._id_token}"},
-            )
-            data = _answer(response, 201)
-            self._keep(data)
-            emit("capture_session_created", session_id=data["session_id"])
-            return str(data["session_id"])
-
-    def invalidate(self) -> str:
-        """VideoDB said 401: drop the token and fetch a new one."""
-        with self._lock:
-            self.token = None
-            self._fetch()
-            assert self.token is not None
-            return self.token
-
-    def seconds_until_refresh(self) -> float:
-        return max(0.5, self.expires_at - time.time() - self._refresh_margin())
-
-    def seconds_left(self) -> float:
-        return max(0.0, self.expires_at - time.time()) if self.token else 0.0
-
-    def _refresh_margin(self) -> float:
-        # The granted lifetime, not the one asked for: the broker's default or VideoDB may
-        # give less, and a margin longer than the token would mean fetching without pause.
-        return min(self._margin, self.lifetime / 2)
-
-    def _fetch(self) -> None:
-        body = {"expires_in": self._expires_in} if self._expires_in else {}
-        response = self._http.post(
-            self._url, json=body, headers={"Authorization": f"Bearer {self._id_token}"}
-        )
-        self._keep(_answer(response, 200))
-
-    def _keep(self, data: dict[str, Any]) -> None:
-        self.token = data["token"]
-        self.lifetime = float(data["expires_in"])
-        self.expires_at = time.time() + self.lifetime
-        self.fetches += 1
-        emit(
-            "token_received",
-            token=fingerprint(data["token"]),
-            expires_in=data["expires_in"],
-            fetches=self.fetches,
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-
-def _answer(response: httpx.Response, expected: int) -> dict[str, Any]:
-    """The broker's JSON answer, or BrokerRefused with its problem."""
-    if response.status_code != expected:
-        try:
-            problem = response.json()
-        except ValueError:
-            problem = {}
-        retry = response.headers.get("Retry-After")
-        raise BrokerRefused(response.status_code, problem, float(retry) if retry else None)
-    data: dict[str, Any] = response.json()
-    return data
-
-
-def retry_delay(error: Exception, failures: int) -> float | None:
-    """Seconds to wait before the next attempt, or None when trying again cannot help."""
-    if isinstance(error, BrokerRefused):
-        if error.status not in RETRYABLE:
-            return None
-        if error.retry_after:
-            return error.retry_after
-    elif not isinstance(error, httpx.TransportError):
-        return None
-    return min(MAX_BACKOFF_S, 2.0**failures)
+from session_keeper import (
+    BrokerRefused,
+    IdTokenProvider,
+    IdTokenUnavailable,
+    SessionTokenKeeper,
+    describe,
+    fingerprint,
+    id_token_fixed,
+    id_token_from_command,
+    id_token_from_file,
+    retry_delay,
+)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -188,21 +77,49 @@ async def _record(client: Any, session_id: str) -> None:
     emit("capture_started", session_id=session_id)
 
 
+WHERE = "Use --id-token-file PATH, --id-token-command CMD, --id-token-stdin or ID_TOKEN."
+
+
+def id_token_provider(args: argparse.Namespace) -> IdTokenProvider | None:
+    """The provider the options name, else ID_TOKEN; None when there is none."""
+    if args.id_token_file is not None:
+        return id_token_from_file(args.id_token_file.expanduser())
+    if args.id_token_command:
+        return id_token_from_command(shlex.split(args.id_token_command))
+    if args.id_token_stdin:
+        token = sys.stdin.readline().strip()
+        return id_token_fixed(token) if token else None
+    token = os.environ.get("ID_TOKEN", "")
+    return id_token_fixed(token) if token else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--broker", default=os.environ.get("BROKER_URL", "http://127.0.0.1:8080"))
-    parser.add_argument("--id-token", default=os.environ.get("ID_TOKEN"))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--id-token-file", type=Path, help="reread before every request")
+    source.add_argument("--id-token-command", help="run before every request; prints the JWT")
+    source.add_argument("--id-token-stdin", action="store_true", help="read one JWT from stdin")
     parser.add_argument("--expires-in", type=int, default=None)
     parser.add_argument("--margin", type=float, default=300, help="refresh this early (s)")
     parser.add_argument("--run-for", type=float, default=0, help="stop after N s (0: forever)")
     parser.add_argument(
         "--session", action="store_true", help="create a capture session and start capturing"
     )
-    args = parser.parse_args(argv)
-    if not args.id_token:
-        print("no bearer token: pass --id-token or set ID_TOKEN", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg == "--id-token" or arg.startswith("--id-token=") for arg in argv):
+        # Refused by name and never echoed (argparse would repeat the value in its error).
+        print(
+            f"--id-token is not taken: a token on the command line shows in ps. {WHERE}",
+            file=sys.stderr,
+        )
         return 2
-    keeper = SessionTokenKeeper(args.broker, args.id_token, args.expires_in, args.margin)
+    args = parser.parse_args(argv)
+    id_token = id_token_provider(args)
+    if id_token is None:
+        print(f"no bearer token. {WHERE}", file=sys.stderr)
+        return 2
+    keeper = SessionTokenKeeper(args.broker, id_token, args.expires_in, args.margin, on_event=emit)
     deadline = time.time() + args.run_for if args.run_for else float("inf")
     handed, failures = False, 0
     session_id: str | None = None
@@ -212,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.session and session_id is None:
                     session_id = keeper.create_session()  # a fresh token comes with it
                 token = keeper.get()
-            except (BrokerRefused, httpx.HTTPError) as exc:
+            except (BrokerRefused, httpx.HTTPError, IdTokenUnavailable) as exc:
                 failures += 1
                 delay = retry_delay(exc, failures)
                 if delay is None:
@@ -242,11 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         keeper.close()
     emit("stopped", fetches=keeper.fetches)
     return 0 if keeper.fetches else 1  # stopped without ever getting a token: a failure
-
-
-def describe(error: Exception) -> str:
-    """The problem's code, or the kind of network failure (never a token)."""
-    return error.code if isinstance(error, BrokerRefused) else type(error).__name__
 
 
 def report_failure(error: Exception) -> None:

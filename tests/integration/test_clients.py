@@ -525,12 +525,20 @@ def test_node_example_takes_no_token_on_the_command_line_and_reports_a_refusal(
     assert events[-2]["code"] == "invalid_token"
 
 
-def _desktop(*args: str) -> tuple[int, list[dict[str, object]], str]:
+def _desktop(
+    *args: str, id_token: str | None = None, stdin: str | None = None
+) -> tuple[int, list[dict[str, object]], str]:
+    """examples/desktop/capture_app.py, the JWT (if any) in ID_TOKEN as a user would set it."""
+    env = {name: value for name, value in clean_env().items() if name != "ID_TOKEN"}
+    if id_token is not None:
+        env["ID_TOKEN"] = id_token
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "desktop" / "capture_app.py"), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
+        input=stdin,
     )
     events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     return result.returncode, events, result.stdout + result.stderr
@@ -541,16 +549,9 @@ def test_desktop_program_gets_and_refreshes_a_token(
 ) -> None:
     bearer = idp.issuers[0].mint("desktop-user", AUDIENCE)
     code, events, output = _desktop(
-        "--broker",
-        short_lived_broker.url,
-        "--id-token",
-        bearer,
-        "--expires-in",
-        "4",
-        "--margin",
-        "3",
-        "--run-for",
-        "5",
+        *("--broker", short_lived_broker.url, "--expires-in", "4", "--margin", "3"),
+        *("--run-for", "5"),
+        id_token=bearer,
     )
     assert code == 0, output
     received = [e for e in events if e["event"] == "token_received"]
@@ -572,17 +573,9 @@ def test_desktop_program_creates_a_session_and_keeps_its_token_fresh_without_the
     assert version("videodb").startswith("0.5.")  # the SDK itself, not a stand-in module
     bearer = idp.issuers[0].mint("recorder", AUDIENCE)
     code, events, output = _desktop(
-        "--broker",
-        short_lived_broker.url,
-        "--id-token",
-        bearer,
-        "--session",
-        "--expires-in",
-        "4",
-        "--margin",
-        "3",
-        "--run-for",
-        "5",
+        *("--broker", short_lived_broker.url, "--session", "--expires-in", "4"),
+        *("--margin", "3", "--run-for", "5"),
+        id_token=bearer,
     )
     assert code == 0, output
     names = [e["event"] for e in events]
@@ -610,7 +603,7 @@ def test_desktop_program_starts_capturing_with_the_runtime(
         )
     bearer = idp.issuers[0].mint("recorder", AUDIENCE)
     code, events, output = _desktop(
-        "--broker", short_lived_broker.url, "--id-token", bearer, "--session", "--run-for", "5"
+        "--broker", short_lived_broker.url, "--session", "--run-for", "5", id_token=bearer
     )
     assert code == 0, output
     assert "capture_started" in [e["event"] for e in events]
@@ -619,7 +612,7 @@ def test_desktop_program_starts_capturing_with_the_runtime(
 def test_desktop_program_reports_a_refusal(
     short_lived_broker: BrokerProcess,
 ) -> None:
-    code, events, _ = _desktop("--broker", short_lived_broker.url, "--id-token", "not-a-jwt")
+    code, events, _ = _desktop("--broker", short_lived_broker.url, id_token="not-a-jwt")
     assert code == 1
     assert events[-1]["event"] == "broker_refused"
     assert events[-1]["code"] == "invalid_token"
@@ -633,7 +626,7 @@ def test_desktop_program_keeps_trying_an_unreachable_broker_then_says_so(
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     bearer = idp.issuers[0].mint("desktop-offline", AUDIENCE)
-    code, events, _ = _desktop("--broker", nowhere, "--id-token", bearer, "--run-for", "3.5")
+    code, events, _ = _desktop("--broker", nowhere, "--run-for", "3.5", id_token=bearer)
     assert code == 1  # stopped without ever getting a token
     failed = [e for e in events if e["event"] == "refresh_failed"]
     assert [e["retry_in"] for e in failed] == [2.0, 4.0]  # backing off, not hammering
@@ -647,7 +640,7 @@ def test_desktop_program_paces_refreshes_by_the_lifetime_granted(
     """No --expires-in: the broker's default (4 s here) decides, not the 300 s margin."""
     bearer = idp.issuers[0].mint("desktop-default-ttl", AUDIENCE)
     code, events, output = _desktop(
-        "--broker", short_lived_broker.url, "--id-token", bearer, "--run-for", "5"
+        "--broker", short_lived_broker.url, "--run-for", "5", id_token=bearer
     )
     assert code == 0, output
     received = [e for e in events if e["event"] == "token_received"]
@@ -662,11 +655,12 @@ def test_desktop_program_rides_out_a_broker_restart(
     command = [
         sys.executable,
         str(REPO / "examples" / "desktop" / "capture_app.py"),
-        *("--broker", restartable_broker.url, "--id-token", bearer),
+        *("--broker", restartable_broker.url),
         *("--expires-in", "6", "--margin", "3", "--run-for", "40"),
     ]
     events: list[dict[str, object]] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as app:
+    env = clean_env(ID_TOKEN=bearer)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as app:
         watchdog = threading.Timer(40, app.kill)
         watchdog.start()
         try:
@@ -691,3 +685,151 @@ def test_desktop_program_rides_out_a_broker_restart(
     assert 0 < float(str(failed[0]["token_seconds_left"])) <= 3  # the held token still valid
     assert [e["event"] for e in events].count("token_received") == 2
     assert events[-1] == {"event": "stopped", "fetches": 2}
+
+
+# An identity provider whose logins expire, by construction rather than by the clock: each
+# JWT is minted already expired (past the broker's 30 s leeway) or valid, in the order the
+# test sets, and the provider is asked for one before every request.
+ID_TOKEN_COMMAND = """
+import json, pathlib, sys
+state = pathlib.Path(sys.argv[1])
+tokens = json.loads((state / "tokens.json").read_text())
+asked = int((state / "asked").read_text()) if (state / "asked").exists() else 0
+(state / "asked").write_text(str(asked + 1))
+print(tokens[min(asked, len(tokens) - 1)])
+"""
+
+
+def _login_command(tmp_path: Path, tokens: list[str]) -> tuple[str, Path]:
+    """An id-token command handing out `tokens` in turn (then the last one again)."""
+    (tmp_path / "tokens.json").write_text(json.dumps(tokens))
+    script = tmp_path / "print_id_token.py"
+    script.write_text(ID_TOKEN_COMMAND)
+    return f"{sys.executable} {script} {tmp_path}", tmp_path / "asked"
+
+
+def test_desktop_program_survives_its_login_expiring(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """The login the app started with expires while it runs: the refresh's JWT is refused
+    (401), the provider is asked once more, hands out a renewed login, and the app goes on."""
+    issuer = idp.issuers[0]
+    valid = issuer.mint("desktop-relogin", AUDIENCE)
+    expired = issuer.mint("desktop-relogin", AUDIENCE, lifetime=-120)
+    renewed = issuer.mint("desktop-relogin", AUDIENCE, jti="renewed")
+    command, asked = _login_command(tmp_path, [valid, expired, renewed])
+    code, events, output = _desktop(
+        *("--broker", short_lived_broker.url, "--id-token-command", command),
+        *("--expires-in", "4", "--margin", "3", "--run-for", "5"),
+    )
+    assert code == 0, output
+    names = [e["event"] for e in events]
+    refused = names.index("id_token_refused")  # the expired login's 401
+    assert names[:refused] == ["token_received", "videodb_capture_runtime_missing"]
+    assert names[refused + 1] == "token_received"  # with the renewed one, at once
+    assert names.count("id_token_refused") == 1
+    assert "broker_refused" not in names
+    assert int(asked.read_text()) == names.count("token_received") + 1
+    assert "eyJ" not in output
+    issued = [
+        r
+        for r in short_lived_broker.log_records()
+        if r.get("event") == "token_issued" and r.get("user_id") == "desktop-relogin"
+    ]
+    assert len(issued) == names.count("token_received")
+
+
+def test_desktop_program_gives_up_when_the_renewed_login_is_refused_too(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    expired = idp.issuers[0].mint("desktop-gone", AUDIENCE, lifetime=-120)
+    command, asked = _login_command(tmp_path, [expired])
+    code, events, _ = _desktop(
+        "--broker", short_lived_broker.url, "--id-token-command", command, "--run-for", "5"
+    )
+    assert code == 1
+    assert [e["event"] for e in events] == ["id_token_refused", "broker_refused"]
+    assert events[-1]["code"] == "invalid_token"
+    assert asked.read_text() == "2"  # asked once more, not again and again
+
+
+def test_desktop_program_takes_its_token_from_a_file_or_stdin_never_the_command_line(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    bearer = idp.issuers[0].mint("desktop-stdin", AUDIENCE)
+    code, _, output = _desktop("--broker", short_lived_broker.url, "--id-token", bearer)
+    assert code == 2
+    assert "--id-token-file" in output
+    assert bearer not in output
+    code, _, output = _desktop("--broker", short_lived_broker.url, f"--id-token={bearer}")
+    assert (code, bearer in output) == (2, False)
+    code, events, output = _desktop(
+        "--broker", short_lived_broker.url, "--id-token-stdin", "--run-for", "1", stdin=bearer
+    )
+    assert code == 0, output
+    assert events[0]["event"] == "token_received"
+    missing = tmp_path / "no-such-file"
+    code, events, _ = _desktop(
+        "--broker", short_lived_broker.url, "--id-token-file", str(missing), "--run-for", "2.5"
+    )
+    assert code == 1  # never got a token
+    assert {e.get("reason") for e in events if e["event"] == "refresh_failed"} == {
+        "id_token_unavailable"
+    }
+
+
+def test_the_keeper_is_a_module_an_app_imports_with_its_own_provider(
+    short_lived_broker: BrokerProcess, idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """session_keeper as a Python app uses it: a callable provider (here an IdP SDK whose
+    cached login has expired and is renewed when asked again), and a file reread each time."""
+    from session_keeper import (
+        BrokerRefused,
+        SessionTokenKeeper,
+        id_token_from_file,
+    )
+
+    issuer = idp.issuers[0]
+    logins = [issuer.mint("module-user", AUDIENCE, lifetime=-120)]
+    logins.append(issuer.mint("module-user", AUDIENCE))
+    asked: list[str] = []
+
+    def sdk_login() -> str:
+        asked.append("asked")
+        return logins[min(len(asked), len(logins)) - 1]
+
+    seen: list[str] = []
+    keeper = SessionTokenKeeper(
+        short_lived_broker.url,
+        sdk_login,
+        expires_in=30,
+        on_event=lambda event, **_: seen.append(event),
+    )
+    try:
+        assert keeper.get().startswith("st-")
+        assert keeper.create_session().startswith("cap-")
+    finally:
+        keeper.close()
+    assert len(asked) == 3  # expired, renewed; then the renewed one for the session
+    assert seen == [
+        "id_token_refused",
+        "token_received",
+        "token_received",
+        "capture_session_created",
+    ]
+
+    login_file = tmp_path / "id-token"
+    login_file.write_text(issuer.mint("file-user-1", AUDIENCE))
+    from_file = SessionTokenKeeper(short_lived_broker.url, id_token_from_file(login_file))
+    try:
+        from_file.get()
+        login_file.write_text(issuer.mint("file-user-2", AUDIENCE) + "\n")  # a renewed login
+        from_file.invalidate()
+        login_file.write_text("not-a-jwt")
+        with pytest.raises(BrokerRefused) as refused:
+            from_file.invalidate()
+    finally:
+        from_file.close()
+    assert (refused.value.status, refused.value.code) == (401, "invalid_token")
+    users = [r.get("user_id") for r in short_lived_broker.log_records()]
+    assert {"file-user-1", "file-user-2"} <= set(users)
