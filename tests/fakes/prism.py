@@ -58,10 +58,11 @@ class PrismProxy:
         self._dir = Path(tempfile.mkdtemp(prefix="prism-"))
         self._log = self._dir / "prism.log"
         spec = merged_spec(self._dir)
+        binary = prism_binary()  # before the log opens: a missing one skips, leaking nothing
         log = self._log.open("w")  # the child keeps its own descriptor
         self.proc = subprocess.Popen(
             [
-                *(prism_binary(), "proxy", str(spec), upstream_url, "--errors"),
+                *(binary, "proxy", str(spec), upstream_url, "--errors"),
                 *("-h", "127.0.0.1", "-p", str(self.port)),
             ],
             stdout=log,
