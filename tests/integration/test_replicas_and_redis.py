@@ -247,7 +247,8 @@ def test_the_documented_redis_acl_is_all_the_broker_needs(
 ) -> None:
     _, server = videodb_server
     admin = redis_server.client()
-    admin.execute_command("ACL", "SETUSER", "broker", *BROKER_ACL.split(), ">broker-password")
+    acl = ("ACL", "SETUSER", "broker", *BROKER_ACL.split(), ">broker-password")  # as documented
+    admin.execute_command(*acl)  # type: ignore[no-untyped-call]
     url = f"redis://broker:broker-password@127.0.0.1:{redis_server.port}/0"
     settings = {"BROKER_RATE_LIMIT": "2/minute", "BROKER_CACHE_MAX_ENTRIES": "0"}
     (broker,) = _replicas(1, idp, server.url, url, **settings)
