@@ -3,6 +3,7 @@ desktop program."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -27,6 +29,13 @@ from tests.integration.conftest import AUDIENCE, broker_settings
 from tests.integration.js_package import built_package, node
 
 pytestmark = pytest.mark.integration
+
+# Live capture (#25: webhooks, GET /v1/capture/sessions/{id}/events, export) is built alongside
+# the clients; its end-to-end tests run as soon as its endpoints are part of the broker.
+needs_live_capture = pytest.mark.skipif(
+    importlib.util.find_spec("app.web.live_endpoints") is None,
+    reason="live capture (#25) is not in this broker yet: no feed to follow end to end",
+)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -286,6 +295,81 @@ def test_browser_page_reads_back_and_follows_its_session_across_origins(
     }
     preflights = [r for r in reads if r["method"] == "OPTIONS"]
     assert len(preflights) >= 2
+
+
+@pytest.fixture
+def live_broker(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    page_server: ThreadedServer,
+) -> Iterator[BrokerProcess]:
+    """A broker with live capture on: VideoDB's webhooks come to it, feeds go to the page."""
+    _, server = videodb_server
+    port = free_port()
+    settings = broker_settings(
+        idp,
+        server.url,
+        BROKER_CORS_ORIGINS=page_server.url,
+        BROKER_CAPTURE_SESSIONS="on",
+        BROKER_CAPTURE_LIVE="on",
+        BROKER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        BROKER_CAPTURE_WEBHOOK_SECRET="a-webhook-secret-for-the-client-tests-only",
+    )
+    process = BrokerProcess(settings, port=port).wait_ready()
+    yield process
+    process.terminate()
+
+
+@needs_live_capture
+def test_browser_page_follows_its_session_live_to_the_end_across_origins(
+    live_broker: BrokerProcess,
+    page_server: ThreadedServer,
+    idp: FakeIdentityProvider,
+    videodb: FakeVideoDB,
+) -> None:
+    """End to end: the page creates a session, reads it back and follows its feed; VideoDB
+    then exports the recording (its webhook reaches the broker, which reads the session
+    again): the page shows the status as it comes and the feed ending after it."""
+    from playwright.sync_api import sync_playwright
+
+    query = urlencode(
+        {"broker": live_broker.url, "id_token": idp.issuers[0].mint("web-live", AUDIENCE)}
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=require_binary("chromium"), args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{page_server.url}/index.html?{query}")
+            page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+            page.click("#create")
+            page.wait_for_function("document.getElementById('feed').textContent !== '-'")
+            session_id = page.inner_text("#session")
+            read_back = page.inner_text("#session-status")
+            assert page.inner_text("#feed") == "following"
+            ((_, _, created),) = [c for c in videodb.session_calls if c[0] == "POST"]
+            videodb.sessions[session_id] |= {"status": "exported", "exported_video_id": "m-9"}
+            webhook = httpx.post(
+                created["callback_url"],
+                json={"event": "capture_session.exported", "capture_session_id": session_id},
+            )
+            assert webhook.status_code == 200
+            page.wait_for_function("document.getElementById('feed').textContent === 'ended'")
+            events = page.inner_text("#events")
+            status = page.inner_text("#session-status")
+        finally:
+            browser.close()
+    assert session_id.startswith("cap-")
+    assert read_back == "created"
+    assert events.strip() == "status: exported"
+    assert status == "exported"
+    feeds = [
+        r
+        for r in live_broker.log_records()
+        if r.get("event") == "request" and r.get("path", "").endswith(f"{session_id}/events")
+    ]
+    assert {(r["method"], r["status"]) for r in feeds} == {("OPTIONS", 200), ("GET", 200)}
 
 
 def test_browser_page_from_an_unlisted_origin_is_refused(

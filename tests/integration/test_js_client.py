@@ -4,19 +4,30 @@ broker, whose log lines tell what reached it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
+from jose import jwt
 
-from tests.fakes.broker_process import BrokerProcess
+from tests.fakes.broker_process import BrokerProcess, free_port
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import API_KEY, TOKEN_PATH, assert_no_secret_in
 from tests.integration.js_package import JS_DIR, built_package, node_test, summary
 
 pytestmark = pytest.mark.integration
+
+# Live capture (#25: webhooks, GET /v1/capture/sessions/{id}/events, export) is built alongside
+# the clients; its end-to-end tests run as soon as its endpoints are part of the broker.
+needs_live_capture = pytest.mark.skipif(
+    importlib.util.find_spec("app.web.live_endpoints") is None,
+    reason="live capture (#25) is not in this broker yet: no feed to follow end to end",
+)
 
 AUDIENCE = "js-client-tests"
 SHARED_SECRET = "js-client-tests-shared-secret-not-for-production"
@@ -33,13 +44,11 @@ def test_the_package_passes_its_own_tests(name: str) -> None:
     assert counts.get("skipped") == 0, output
 
 
-@pytest.fixture(scope="module")
-def js_broker(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> Iterator[BrokerProcess]:
+def _settings(videodb_url: str, **extra: str) -> dict[str, str]:
     """The broker in shared-secret mode, so that the Node tests sign their users' JWTs."""
-    _, server = videodb_server
-    settings = {
+    return {
         "VIDEO_DB_API_KEY": API_KEY,
-        "VIDEO_DB_API": server.url,
+        "VIDEO_DB_API": videodb_url,
         "BROKER_AUTH_HS256_SECRET": SHARED_SECRET,
         "BROKER_AUTH_ALGORITHMS": "HS256",
         "BROKER_AUTH_AUDIENCE": AUDIENCE,
@@ -48,8 +57,15 @@ def js_broker(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> Iterator[Br
         "BROKER_RATE_LIMIT": "5/minute",
         "BROKER_UPSTREAM_TIMEOUT": "2",
         "BROKER_CIRCUIT_FAILURE_THRESHOLD": "1000",
+        **extra,
     }
-    process = BrokerProcess(settings).wait_ready()
+
+
+@pytest.fixture(scope="module")
+def js_broker(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> Iterator[BrokerProcess]:
+    """The broker with live capture off."""
+    _, server = videodb_server
+    process = BrokerProcess(_settings(server.url)).wait_ready()
     yield process
     process.terminate()
     assert_no_secret_in(process.output())
@@ -115,3 +131,61 @@ def test_a_typescript_app_using_the_package_compiles_and_misuse_does_not() -> No
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _id_token(user: str) -> str:
+    now = int(time.time())
+    claims = {"sub": user, "aud": AUDIENCE, "iat": now, "exp": now + 600}
+    token: str = jwt.encode(claims, SHARED_SECRET, algorithm="HS256")
+    return token
+
+
+@pytest.fixture
+def live_js_broker(
+    videodb_server: tuple[FakeVideoDB, ThreadedServer], videodb: FakeVideoDB
+) -> Iterator[BrokerProcess]:
+    """The broker with live capture on: VideoDB's webhooks come to it."""
+    _, server = videodb_server
+    port = free_port()
+    settings = _settings(
+        server.url,
+        BROKER_CAPTURE_LIVE="on",
+        BROKER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        BROKER_CAPTURE_WEBHOOK_SECRET="a-webhook-secret-for-the-client-tests-only",
+    )
+    process = BrokerProcess(settings, port=port).wait_ready()
+    yield process
+    process.terminate()
+    assert_no_secret_in(process.output())
+
+
+@needs_live_capture
+def test_the_package_follows_a_live_session_end_to_end(
+    live_js_broker: BrokerProcess, videodb: FakeVideoDB
+) -> None:
+    """A session whose recording VideoDB exported (its webhook reached the broker, which read
+    the session again): its owner follows the feed through the package under Node."""
+    created = httpx.post(
+        live_js_broker.url + "/v1/capture/sessions",
+        headers={"Authorization": f"Bearer {_id_token('js-follower')}"},
+        json={},
+    )
+    assert created.status_code == 201, created.text
+    session_id = created.json()["session_id"]
+    ((_, _, sent),) = [c for c in videodb.session_calls if c[0] == "POST"]
+    videodb.sessions[session_id] |= {"status": "exported", "exported_video_id": "m-7"}
+    webhook = {"event": "capture_session.exported", "capture_session_id": session_id}
+    assert httpx.post(sent["callback_url"], json=webhook).status_code == 200
+    code, output = node_test(
+        ["broker.test.mjs"],
+        env={
+            "BROKER_URL": live_js_broker.url,
+            "BROKER_TEST_HS256_SECRET": SHARED_SECRET,
+            "BROKER_TEST_AUDIENCE": AUDIENCE,
+            "BROKER_TEST_LIVE": "1",
+            "BROKER_TEST_LIVE_SESSION": session_id,
+        },
+    )
+    counts = summary(output)
+    assert code == 0, output
+    assert (counts.get("fail"), counts.get("pass")) == (0, 7), output

@@ -111,3 +111,27 @@ describe("against a running broker", { skip: !BROKER && "run through tests/integ
     source.stop();
   });
 });
+
+// A live broker (BROKER_CAPTURE_LIVE=on): tests/integration/test_js_client.py created the
+// session for js-follower and had VideoDB's webhook report it exported before this runs.
+const FOLLOWED = process.env.BROKER_TEST_LIVE_SESSION;
+
+describe("a live session against a running broker", { skip: !FOLLOWED && "run through tests/integration/test_js_client.py" }, () => {
+  test("its owner follows the feed: typed events, and the loop ends after the final status", async () => {
+    const source = signedIn("js-follower");
+    const feed = followCaptureSession(source, FOLLOWED, { idleTimeoutSeconds: 30 });
+    const events = [];
+    for await (const event of feed) events.push(event);
+    assert.deepEqual(events, [{ id: "1", type: "status", data: { status: "exported", exportedVideoId: "m-7" } }]);
+    assert.equal(feed.lastEventId, "1");
+    const view = await getCaptureSession(source, FOLLOWED);
+    assert.equal(view.status, "exported");
+    source.stop();
+  });
+
+  test("another user's feed is not_found, at once", async () => {
+    const stranger = signedIn("js-follower-stranger");
+    await assert.rejects(followCaptureSession(stranger, FOLLOWED).next(), { name: "BrokerError", code: "not_found" });
+    stranger.stop();
+  });
+});
