@@ -61,7 +61,8 @@ async def _videodb(settings: Settings) -> CheckResult:
 
 async def _redis(url: SecretStr) -> CheckResult:
     """The commands the broker sends: PING, SET with NX and PX (the mint lock), GET, EXISTS,
-    EVAL (the lock's release and the rate limits are scripts) and DEL, on a key of its own."""
+    PTTL and PEXPIRE (a planted marker is cut to its lifetime), EVAL (the lock's release, the
+    rate limits and the markers' cap are scripts) and DEL, on a key of its own."""
     client: Redis = Redis.from_url(
         url.get_secret_value(), socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=3.0
     )
@@ -71,6 +72,8 @@ async def _redis(url: SecretStr) -> CheckResult:
         "SET": lambda: client.set(key, b"1", nx=True, px=10_000),
         "GET": lambda: client.get(key),
         "EXISTS": lambda: client.exists(key),
+        "PTTL": lambda: client.pttl(key),
+        "PEXPIRE": lambda: client.pexpire(key, 10_000),
         "EVAL": lambda: client.eval("return 1", 0),
         "DEL": lambda: client.delete(key),
     }

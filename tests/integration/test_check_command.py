@@ -75,7 +75,7 @@ def test_check_takes_no_network_and_live_proves_each_neighbour(
     assert code == 0, output
     passed = "\n".join(_lines(output, "ok"))
     assert "videodb: the key is accepted" in passed
-    assert "redis: answers PING, SET, GET, EXISTS, EVAL, DEL" in passed
+    assert "redis: answers PING, SET, GET, EXISTS, PTTL, PEXPIRE, EVAL, DEL" in passed
     assert re.search(r"signing_keys \[127\.0\.0\.1\]: \d+ key", passed)
     assert [(c.body["user_id"], c.body["expires_in"]) for c in fake.calls] == [
         ("token-broker-check", 60)  # one token, of the broker's shortest lifetime

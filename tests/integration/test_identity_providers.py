@@ -117,7 +117,7 @@ def test_check_reports_each_provider_on_its_own_line(
 
     def check(*providers: dict[str, object]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "app.cli", "check"],
+            [sys.executable, "-m", "app.cli", "check", "--live"],
             env={
                 **clean_env(**_several(*providers, videodb_url=server.url)),
                 "PYTHONPATH": str(REPO),
