@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import __version__
-from app.capture.wiring import build_capture
+from app.capture.wiring import start_capture
 from app.config import Settings
 from app.config.errors import settings_or_exit
 from app.identity.wiring import start_identity
@@ -25,6 +25,7 @@ from app.tokens.wiring import build_tokens
 from app.videodb.wiring import start_videodb
 from app.web.capture_endpoints import router as capture_router
 from app.web.cors import ProblemCORSMiddleware, cors_middleware_options
+from app.web.live_endpoints import router as live_router
 from app.web.ops_endpoints import router as ops_router
 from app.web.problems import UnhandledErrorMiddleware, install_error_handlers
 from app.web.request_context import RequestContextMiddleware
@@ -100,7 +101,7 @@ async def _start_services(settings: Settings, stack: AsyncExitStack) -> Services
         authenticator=identity.authenticator,
         limiter=UserRateLimiter(settings.rate_limit, limits, "token", "token requests"),
         tokens=tokens,
-        capture=build_capture(settings, videodb, tokens, limits),
+        capture=await start_capture(settings, videodb, tokens, limits, shared, stack),
     )
 
 
@@ -133,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     if settings.capture_sessions_on:  # off: 404 and absent from the OpenAPI document
         app.include_router(capture_router)
+    if settings.capture_live_on:
+        app.include_router(live_router)
     # Added innermost first: CORS sees requests after the request id is bound. Layers with
     # nothing to do are left out: each costs every request (docs/performance.md).
     app.add_middleware(UnhandledErrorMiddleware)

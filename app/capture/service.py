@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.errors import NotFound
+from app.errors import NotFound, UpstreamUnusable
 from app.observability import tracing
 from app.tokens.service import IssuedToken, TokenService
 from app.videodb.answers import SESSION_ID, CaptureSession
@@ -20,7 +20,11 @@ class SessionStore(Protocol):
 
     async def get_capture_session(self, session_id: str) -> dict[str, object]: ...
 
+    async def export_session(self, session_id: str) -> dict[str, object]: ...
 
+
+# What a client may see of an export, besides its status
+EXPORT_FIELDS = ("video_id", "stream_url", "player_url")
 # What a client may see of VideoDB's record (never callback_url, end_user_id or rtstreams).
 PUBLIC_FIELDS = (
     "session_id",
@@ -108,3 +112,19 @@ class CaptureSessions:
         if record.get("end_user_id") != user_id:
             raise NotFound("No such capture session.")
         return public_view(record)
+
+    async def export(self, user_id: str, session_id: str) -> dict[str, Any]:
+        """Export the owner's session (or poll the export); another user's is NotFound, and
+        nothing is asked of VideoDB's export for it."""
+        await self.read(user_id, session_id)
+        with tracing.span("broker.capture_session export"):
+            answer = await self._videodb.export_session(session_id)
+        status = answer.get("export_status")
+        if not isinstance(status, str) or not status.isprintable() or len(status) > 64:
+            raise UpstreamUnusable("VideoDB answered without an export status.")
+        view: dict[str, Any] = {"session_id": session_id, "export_status": status}
+        for name in EXPORT_FIELDS:
+            value = answer.get(name)
+            if isinstance(value, str) and value.isprintable() and len(value) <= 2048:
+                view[name] = value
+        return view

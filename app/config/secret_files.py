@@ -22,6 +22,7 @@ SECRET_VARIABLES: dict[str, tuple[str, ...]] = {
     "videodb_api_key": ("VIDEO_DB_API_KEY", "VIDEODB_API_KEY"),
     "auth_hs256_secret": ("BROKER_AUTH_HS256_SECRET",),
     "redis_url": ("BROKER_REDIS_URL",),
+    "capture_webhook_secret": ("BROKER_CAPTURE_WEBHOOK_SECRET",),
 }
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a key, a secret or a URL: a mounted directory is a mistake
 

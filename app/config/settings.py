@@ -27,8 +27,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from app.config import rules
+from app.config import live, rules
 from app.config.errors import ConfigError, describe_validation_errors, env_name
+from app.config.live import PipelineStep
 from app.config.providers import (
     IssuerEntry,
     ProviderConfig,
@@ -107,6 +108,10 @@ class Settings(BaseSettings):
     capture_callback_url: str | None = None
     capture_rate_limit: str = "10/minute"
     capture_read_rate_limit: str = "120/minute"
+    capture_live: Literal["on", "off"] = "off"
+    public_url: str | None = None
+    capture_webhook_secret: SecretStr | None = None
+    capture_pipelines: Annotated[list[PipelineStep], NoDecode] = Field(default_factory=list)
 
     otel: Literal["on", "off"] = "off"
 
@@ -143,7 +148,11 @@ class Settings(BaseSettings):
             raise ValueError("must be a JSON array of provider objects")
         return parsed
 
-    @field_validator("capture_sessions", "otel", mode="before")
+    _public_url = field_validator("public_url")(live.public_origin)
+    _webhook_secret = field_validator("capture_webhook_secret")(live.webhook_secret)
+    _pipelines = field_validator("capture_pipelines", mode="before")(live.parse_pipelines)
+
+    @field_validator("capture_sessions", "capture_live", "otel", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -173,6 +182,13 @@ class Settings(BaseSettings):
             )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
+        live.live_rules(
+            self.capture_live_on,
+            self.capture_sessions_on,
+            self.public_url,
+            self.capture_webhook_secret,
+            self.capture_callback_url,
+        )
         return self
 
     def _identity_providers(self) -> list[ProviderConfig]:
@@ -216,6 +232,11 @@ class Settings(BaseSettings):
     def capture_sessions_on(self) -> bool:
         """Whether the capture-session endpoints are served."""
         return self.capture_sessions == "on"
+
+    @property
+    def capture_live_on(self) -> bool:
+        """Whether the broker receives webhooks, runs the pipelines and serves live feeds."""
+        return self.capture_live == "on"
 
     @property
     def key_source(self) -> str:

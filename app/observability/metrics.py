@@ -89,6 +89,29 @@ REDIS_UP = Gauge(
     multiprocess_mode="livemin",
 )
 
+# Live capture (BROKER_CAPTURE_LIVE=on)
+LIVE_WEBHOOKS = Counter(
+    "broker_capture_webhooks_total",
+    "VideoDB's webhooks by what the broker did after reading the session again",
+    ["outcome"],
+)
+PIPELINE_STARTS = Counter(
+    "broker_capture_pipeline_starts_total",
+    "AI steps (and their socket) started, skipped or failed, by step kind",
+    ["step", "outcome"],
+)
+LIVE_EVENTS = Counter(
+    "broker_capture_live_events_total",
+    "Messages from VideoDB's sockets relayed to feeds or dropped",
+    ["outcome"],
+)
+VIDEODB_SOCKETS = Gauge(
+    "broker_capture_videodb_sockets", "Open VideoDB WebSockets", multiprocess_mode="livesum"
+)
+OPEN_FEEDS = Gauge(
+    "broker_capture_open_feeds", "Owners' live feeds open", multiprocess_mode="livesum"
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text, summed across worker processes when there are several."""

@@ -178,3 +178,24 @@ def session_record_from(answer: Answer) -> dict[str, object]:
         raise NotFound("No such capture session.")
     _raise_for_status(answer)
     return _data(answer)
+
+
+def data_from(answer: Answer, accepted: tuple[int, ...] = (200,)) -> dict[str, object]:
+    """The `data` of any other call's answer (the AI steps, the socket, the export)."""
+    if answer.status in accepted:
+        answer = Answer(200, answer.headers, answer.body)
+    return _checked_data(answer)
+
+
+def _checked_data(answer: Answer) -> dict[str, object]:
+    _raise_for_status(answer)
+    return _data(answer)
+
+
+def websocket_url_from(answer: Answer) -> str:
+    """The URL of a new capture WebSocket: itself a credential, never logged or returned."""
+    url = data_from(answer).get("websocket_url")
+    if not isinstance(url, str) or not url.startswith(("wss://", "ws://")) or len(url) > 4096:
+        log.warning("videodb_unusable", problem="no_websocket_url")
+        raise UpstreamUnusable("VideoDB answered without a WebSocket URL.")
+    return url

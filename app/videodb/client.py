@@ -13,7 +13,13 @@ import structlog
 from pydantic import SecretStr
 
 from app import __version__
-from app.errors import BrokerError, UpstreamTimeout, UpstreamUnavailable, UpstreamUnusable
+from app.errors import (
+    BrokerError,
+    NotFound,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnusable,
+)
 from app.observability import tracing
 from app.videodb.answers import (
     DEFAULT_RETRY_AFTER,
@@ -22,8 +28,10 @@ from app.videodb.answers import (
     CaptureSession,
     MintedToken,
     created_session_from,
+    data_from,
     session_record_from,
     token_from,
+    websocket_url_from,
 )
 
 TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
@@ -92,7 +100,8 @@ class VideoDBClient:
         self._http = http
         self._api_key = api_key
         self._base = base_url
-        self._sessions_path = f"/collection/{collection_id}/capture/session"
+        self._collection_path = f"/collection/{collection_id}"
+        self._sessions_path = f"{self._collection_path}/capture/session"
         self._timeout = timeout
         # Requests queue here, before httpx: httpcore's pool does work in proportion to the
         # requests and connections it holds on every event (docs/performance.md).
@@ -118,6 +127,27 @@ class VideoDBClient:
         """VideoDB's record of one capture session; NotFound when it knows none by that id."""
         answer = await self.call("GET", f"{self._sessions_path}/{session_id}", None, budget)
         return _interpreted(lambda: session_record_from(answer))
+
+    async def websocket_url(self, budget: float | None = None) -> str:
+        """A new VideoDB WebSocket for this collection's live events."""
+        answer = await self.call("GET", f"{self._collection_path}/websocket", None, budget)
+        return _interpreted(lambda: websocket_url_from(answer))
+
+    async def start_step(
+        self, path: str, payload: dict[str, object], budget: float | None = None
+    ) -> dict[str, object]:
+        """Start an AI step on a real-time stream (`path` under /rtstream/)."""
+        answer = await self.call("POST", path, payload, budget)
+        return _interpreted(lambda: data_from(answer, (200, 201)))
+
+    async def export_session(
+        self, session_id: str, budget: float | None = None
+    ) -> dict[str, object]:
+        """Export a capture session's recording, or poll the export under way."""
+        answer = await self.call("POST", f"{self._sessions_path}/{session_id}/export", {}, budget)
+        if answer.status == 404:
+            raise NotFound("No such capture session.")
+        return _interpreted(lambda: data_from(answer, (200, 201, 202)))
 
     async def call(
         self, method: str, path: str, payload: dict[str, object] | None, budget: float | None

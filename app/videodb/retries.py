@@ -112,6 +112,28 @@ class ResilientVideoDB:
             _retryable,
         )
 
+    async def websocket_url(self) -> str:
+        """A new VideoDB WebSocket URL (a read: safe to repeat)."""
+        return await self._with_retries(
+            "websocket", lambda budget: self._client.websocket_url(budget), _retryable
+        )
+
+    async def start_step(self, path: str, payload: dict[str, object]) -> dict[str, object]:
+        """Start an AI step: repeated only when the request never left."""
+        return await self._with_retries(
+            "start_step",
+            lambda budget: self._client.start_step(path, payload, budget),
+            _retryable_unsent,
+        )
+
+    async def export_session(self, session_id: str) -> dict[str, object]:
+        """Export, or poll the export (calling again polls): repeated only when never sent."""
+        return await self._with_retries(
+            "export_capture_session",
+            lambda budget: self._client.export_session(session_id, budget),
+            _retryable_unsent,
+        )
+
     async def _with_retries(
         self,
         operation: str,

@@ -12,6 +12,7 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.capture.live.webhooks import WEBHOOKS_PATH
 from app.observability.metrics import record_request
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -89,11 +90,19 @@ class RequestContextMiddleware:
             _request_id.reset(token)
 
 
+def _loggable(path: str) -> str:
+    """The path as logged: a webhook's last segment is derived from a secret, so any path
+    under the webhooks' is logged by its template (a wrong guess is no one's business)."""
+    if path.startswith(WEBHOOKS_PATH + "/"):
+        return WEBHOOKS_PATH + "/{segment}"
+    return path
+
+
 def _log_request(scope: Scope, status: int, elapsed: float) -> None:
     """The access line; for an issued token, the audit line carrying the same fields."""
     fields: dict[str, Any] = {
         "method": scope["method"],
-        "path": scope["path"],
+        "path": _loggable(scope["path"]),
         "status": status,
         "duration_ms": round(elapsed * 1000, 2),
     }

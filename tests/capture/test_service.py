@@ -20,6 +20,7 @@ class _VideoDB:
 
     def __init__(self, record: dict[str, Any] | None = None) -> None:
         self.created: list[dict[str, object]] = []
+        self.exported: list[str] = []
         self.record = record
 
     async def create_capture_session(self, payload: dict[str, object]) -> CaptureSession:
@@ -30,6 +31,10 @@ class _VideoDB:
         if self.record is None:
             raise NotFound("No such capture session.")
         return self.record
+
+    async def export_session(self, session_id: str) -> dict[str, object]:
+        self.exported.append(session_id)
+        return {"export_status": "exporting", "video_channel_id": "never-passed-on"}
 
 
 def _service(videodb: _VideoDB, minter: CountingMinter, callback: str | None = None) -> Any:
