@@ -21,7 +21,7 @@ from app.capture.live.events import FINAL_STATUSES, ai_event, status_event
 from app.capture.live.videodb_socket import SocketFailed, VideoDBSocket
 from app.config.live import PipelineStep
 from app.errors import BrokerError, NotFound
-from app.observability import metrics
+from app.observability import metrics, tracing
 
 CLAIM_TTL_S = 24 * 3600
 CLOSE_GRACE_S = 5.0  # trailing events after a final status
@@ -105,6 +105,10 @@ class LivePipelines:
 
     async def on_webhook(self, session_id: str) -> None:
         """Read the session again and act on the status VideoDB reports."""
+        with tracing.span("broker.capture_webhook"):
+            await self._on_webhook(session_id)
+
+    async def _on_webhook(self, session_id: str) -> None:
         try:
             record = await self._videodb.get_capture_session(session_id)
         except NotFound:
@@ -146,7 +150,8 @@ class LivePipelines:
             return
         path, body = step_call(step, stream_id, connection_id)
         try:
-            await self._videodb.start_step(path, body)
+            with tracing.span("broker.capture_step", **{"broker.capture.step": step.run}):
+                await self._videodb.start_step(path, body)
         except BrokerError as exc:
             log.warning("live_step_failed", session_id=session_id, step=step.label, code=exc.code)
             metrics.PIPELINE_STARTS.labels(step.run, "failed").inc()
