@@ -151,32 +151,32 @@ def test_the_whole_loop_for_the_owner(
     feed = Feed(f"{broker.url}{SESSIONS}/{session_id}/events", owner).start()
     assert feed.status == 200
     live.set_status(session_id, "active")
-    answer = live.webhook(session_id)
+    answer = live.webhook_now(session_id)
     assert (answer.status_code, answer.json()) == (200, {"received": True})
-    _until(lambda: len(live.step_calls) == 2 and live.socket.open == 1)
+    _until(lambda: len(live.step_calls) == 2 and live.threaded_socket.open == 1)
     # audio_index is skipped: the session has no system_audio stream
     assert sorted(path for path, _ in live.step_calls) == [
         "/rtstream/rts-mic-1/transcription",
         "/rtstream/rts-screen-1/index/scene",
     ]
-    connection = f"conn-{live.socket.opened}"
+    connection = f"conn-{live.threaded_socket.opened}"
     assert all(body["ws_connection_id"] == connection for _, body in live.step_calls)
     visual = dict(live.step_calls)["/rtstream/rts-screen-1/index/scene"]
     assert visual["extraction_type"] == "time"
     assert visual["extraction_config"] == {"time": 5, "frame_count": 2}
     assert "live_step_skipped" in broker.output()
-    live.socket.send("not json")
-    live.socket.send(json.dumps({"channel": "unknown", "data": {"text": "x"}}))
+    live.threaded_socket.send("not json")
+    live.threaded_socket.send(json.dumps({"channel": "unknown", "data": {"text": "x"}}))
     transcript = {"text": "hello", "is_final": True, "start": 1.5, "end": 2.0}
-    live.socket.send(
+    live.threaded_socket.send(
         json.dumps({"channel": "transcript", "data": {**transcript, "rtstream_id": "rts-mic-1"}})
     )
-    live.socket.send(json.dumps({"channel": "scene_index", "data": {"text": "a slide"}}))
+    live.threaded_socket.send(json.dumps({"channel": "scene_index", "data": {"text": "a slide"}}))
     (first, second) = feed.wait_for(2)[:2]
     assert (first["event"], json.loads(first["data"])) == ("transcript", transcript)
     assert (second["event"], json.loads(second["data"])) == ("visual_index", {"text": "a slide"})
     live.set_status(session_id, "exported", exported_video_id="m-42")
-    assert live.webhook(session_id, "capture_session.exported").status_code == 200
+    assert live.webhook_now(session_id, "capture_session.exported").status_code == 200
     assert feed.ended.wait(20), "the feed did not end after the final status"
     final = feed.events[-1]
     assert (final["event"], json.loads(final["data"])) == (
@@ -184,14 +184,14 @@ def test_the_whole_loop_for_the_owner(
         {"status": "exported", "exported_video_id": "m-42"},
     )
     assert [int(e["id"]) for e in feed.events] == list(range(1, len(feed.events) + 1))
-    _until(lambda: live.socket.open == 0)  # closed after the grace for trailing events
+    _until(lambda: live.threaded_socket.open == 0)  # closed after the grace for trailing events
     replay = Feed(
         f"{broker.url}{SESSIONS}/{session_id}/events", {**owner, "Last-Event-ID": "1"}
     ).start()
     assert replay.ended.wait(20)
     assert [e["id"] for e in replay.events] == [e["id"] for e in feed.events[1:]]
     output = broker.output()
-    assert live.socket.secret not in output
+    assert live.threaded_socket.secret not in output
     assert WEBHOOK_SECRET not in output
     assert callback.rsplit("/", 1)[1] not in output
     assert_no_secret_in(output)
@@ -209,7 +209,7 @@ def test_a_forged_webhook_starts_nothing_and_a_wrong_path_reaches_nothing(
     assert wrong.status_code == 404
     assert wrong.json()["code"] == "not_found"
     assert len(live.base.session_calls) == reads_before  # no upstream call
-    answer = live.webhook(session_id)  # VideoDB says the session is only `created`
+    answer = live.webhook_now(session_id)  # VideoDB says the session is only `created`
     assert answer.status_code == 200
     _until(lambda: len(live.base.session_calls) == reads_before + 1)  # one read, nothing else
     time.sleep(0.5)
@@ -270,7 +270,7 @@ def test_a_refused_step_is_counted_and_the_others_still_run(
     live.step_fault = "400"
     session_id = _create(broker, _bearer(idp, "refused-steps"))
     live.set_status(session_id, "active")
-    assert live.webhook(session_id).status_code == 200
+    assert live.webhook_now(session_id).status_code == 200
     _until(lambda: len(live.step_calls) >= 2)
     time.sleep(0.5)
     metrics = httpx.get(broker.url + "/metrics").text
@@ -302,11 +302,11 @@ def test_two_replicas_start_each_step_once_and_either_serves_the_feed(
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(lambda u: httpx.post(u, json=body).status_code, urls))
         assert statuses == [200] * 4
-        _until(lambda: live.socket.open == 1 and len(live.step_calls) >= 2)
+        _until(lambda: live.threaded_socket.open == 1 and len(live.step_calls) >= 2)
         time.sleep(1.0)  # any duplicate would have started by now
         assert live.websocket_requests == 1
         assert len({path for path, _ in live.step_calls}) == len(live.step_calls)
-        live.socket.send(json.dumps({"channel": "transcript", "data": {"text": "across"}}))
+        live.threaded_socket.send(json.dumps({"channel": "transcript", "data": {"text": "across"}}))
         events = feed.wait_for(1)
         assert json.loads(events[0]["data"]) == {"text": "across"}
     finally:
@@ -325,8 +325,8 @@ def test_sigterm_ends_open_feeds_and_the_broker_stops_cleanly(
     session_id = _create(process, owner)
     live.set_status(session_id, "active")
     feed = Feed(f"{process.url}{SESSIONS}/{session_id}/events", owner).start()
-    assert live.webhook(session_id).status_code == 200
-    _until(lambda: live.socket.open == 1)
+    assert live.webhook_now(session_id).status_code == 200
+    _until(lambda: live.threaded_socket.open == 1)
     assert process.terminate() == 0  # within the grace period, "broker_stopped" logged
     assert feed.ended.wait(10)
-    _until(lambda: live.socket.open == 0)  # VideoDB's socket closed too
+    _until(lambda: live.threaded_socket.open == 0)  # VideoDB's socket closed too
