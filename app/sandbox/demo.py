@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from app.config import Settings
 from app.sandbox.dev_issuer import DevIssuer
+from app.sandbox.live_plane import LivePlane, StandInSocket
 from app.sandbox.loopback import base_url, bind_loopback, server_for
 from app.sandbox.stand_in_videodb import stand_in_videodb
 from app.server.protocol import SERVER_OPTIONS
@@ -39,12 +40,19 @@ class DemoSettings(Settings):
         return (init_settings,)
 
 
-DEMO_PROVIDERS = ("web", "desktop")  # the names of `--providers 2`, each its own prefix
+DEMO_PROVIDERS = ("web", "desktop")
+DEMO_PIPELINES = [
+    {"channel": "mic", "run": "transcript"},
+    {"channel": "screen", "run": "visual_index", "prompt": "What is on the screen?"},
+]  # the names of `--providers 2`, each its own prefix
 
 
-def demo_settings(videodb_url: str, issuer_urls: Sequence[str], api_key: str) -> Settings:
+def demo_settings(
+    videodb_url: str, issuer_urls: Sequence[str], api_key: str, broker_url: str | None = None
+) -> Settings:
     """The broker's settings for the sandbox: one issuer in the single-issuer style, or
-    several in the `BROKER_AUTH_ISSUERS` style."""
+    several in the `BROKER_AUTH_ISSUERS` style; live capture on when the broker's own URL
+    is given (VideoDB's stand-in posts its webhooks there)."""
     common: dict[str, Any] = {
         "videodb_api_key": SecretStr(api_key),
         "videodb_api": videodb_url,
@@ -52,6 +60,13 @@ def demo_settings(videodb_url: str, issuer_urls: Sequence[str], api_key: str) ->
         "capture_sessions": "on",
         "log_format": "console",
     }
+    if broker_url is not None:
+        common |= {
+            "capture_live": "on",
+            "public_url": broker_url,
+            "capture_webhook_secret": SecretStr(secrets.token_urlsafe(32)),
+            "capture_pipelines": DEMO_PIPELINES,
+        }
     if len(issuer_urls) == 1:
         (url,) = issuer_urls
         identity: dict[str, Any] = {
@@ -91,6 +106,23 @@ def capture_curl_line(broker_url: str, bearer: str) -> str:
     return _curl_post(f"{broker_url}/v1/capture/sessions", bearer, '{"metadata": {"app": "demo"}}')
 
 
+def follow_line(broker_url: str, bearer: str) -> str:
+    """A shell line that creates a capture session and follows its live feed to the end."""
+    create = capture_curl_line(broker_url, bearer)
+    read_id = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"session_id\"])'"
+    follow = " ".join(
+        [
+            "curl",
+            "-sS",
+            "-N",
+            shlex.quote(f"{broker_url}/v1/capture/sessions/") + '"$S"/events',
+            "-H",
+            shlex.quote(f"Authorization: Bearer {bearer}"),
+        ]
+    )
+    return f"S=$({create} | {read_id}) && {follow}"
+
+
 def banner(broker_url: str, bearers: Sequence[str]) -> str:
     """What the newcomer reads first."""
     lines = [
@@ -126,6 +158,10 @@ def banner(broker_url: str, bearers: Sequence[str]) -> str:
             "Create a capture session (its id and a token; GET its Location to follow it):",
             f"  {capture_curl_line(broker_url, bearers[0])}",
             "",
+            "Live capture: create a session and follow its feed (the stand-in plays a short",
+            "recording: transcript and visual-index events, then the session stops):",
+            f"  {follow_line(broker_url, bearers[0])}",
+            "",
             "Press Ctrl+C to stop.",
             "",
         ]
@@ -142,11 +178,17 @@ async def run_demo(port: int, providers: int = 1) -> None:
     issuer_socks = [bind_loopback() for _ in range(providers)]
     broker_sock = bind_loopback(port)
     issuers = [DevIssuer(issuer=base_url(sock)) for sock in issuer_socks]
-    settings = demo_settings(base_url(videodb_sock), [i.issuer for i in issuers], api_key)
     broker_url = base_url(broker_sock)
+    settings = demo_settings(
+        base_url(videodb_sock), [i.issuer for i in issuers], api_key, broker_url
+    )
     bearers = [i.mint(DEMO_USER, DEMO_AUDIENCE, lifetime=86400) for i in issuers]
 
-    stand_ins = [server_for(stand_in_videodb(api_key))]
+    sessions: dict[str, dict[str, Any]] = {}
+    socket = StandInSocket()
+    await socket.start()
+    videodb = LivePlane(stand_in_videodb(api_key, sessions), api_key, sessions, socket, True)
+    stand_ins = [server_for(videodb)]
     stand_ins += [server_for(issuer.asgi_app()) for issuer in issuers]
     sockets = [videodb_sock, *issuer_socks]
     broker = server_for(create_app(settings), **SERVER_OPTIONS)
@@ -170,6 +212,7 @@ async def run_demo(port: int, providers: int = 1) -> None:
     for server in stand_ins:
         server.should_exit = True
     await asyncio.gather(*tasks)
+    await socket.stop()
 
 
 async def _until_started(servers: list[uvicorn.Server], tasks: list[asyncio.Task[None]]) -> None:

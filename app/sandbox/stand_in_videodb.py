@@ -30,8 +30,11 @@ async def _keyed_json(request: Request, api_key: str) -> object | JSONResponse:
     return body
 
 
-def stand_in_videodb(api_key: str) -> Starlette:
-    """Mint st- tokens for requests carrying `api_key`, as VideoDB would."""
+def stand_in_videodb(
+    api_key: str, sessions: dict[str, dict[str, object]] | None = None
+) -> Starlette:
+    """Mint st- tokens for requests carrying `api_key`, as VideoDB would; sessions are kept
+    in `sessions` (its live plane plays them)."""
 
     async def create_token(request: Request) -> JSONResponse:
         body = await _keyed_json(request, api_key)
@@ -40,19 +43,14 @@ def stand_in_videodb(api_key: str) -> Starlette:
         ttl = body.get("expires_in", UPSTREAM_DEFAULT_TTL) if isinstance(body, dict) else None
         if not isinstance(ttl, int) or ttl <= 0:
             return _failure(400, "expires_in must be a positive integer", "BAD_REQUEST")
-        now = time.time()
-        return JSONResponse(
-            {
-                "success": True,
-                "data": {
-                    "token": f"st-{secrets.token_urlsafe(24)}",
-                    "expires_at": now + ttl,  # a float, as VideoDB may send
-                    "expires_in": ttl,
-                },
-            }
-        )
+        token = {
+            "token": f"st-{secrets.token_urlsafe(24)}",
+            "expires_at": time.time() + ttl,  # a float, as VideoDB may send
+            "expires_in": ttl,
+        }
+        return JSONResponse({"success": True, "data": token})
 
-    sessions: dict[str, dict[str, object]] = {}
+    sessions = {} if sessions is None else sessions
 
     async def create_session(request: Request) -> JSONResponse:
         body = await _keyed_json(request, api_key)
@@ -82,11 +80,11 @@ def stand_in_videodb(api_key: str) -> Starlette:
             return _failure(404, "Capture session not found", "NOT_FOUND")
         return JSONResponse({"success": True, "data": found})
 
-    sessions_path = "/collection/{collection_id}/capture/session"
+    path = "/collection/{collection_id}/capture/session"
     return Starlette(
         routes=[
             Route("/capture/session/token", create_token, methods=["POST"]),
-            Route(sessions_path, create_session, methods=["POST"]),
-            Route(sessions_path + "/{session_id}", get_session, methods=["GET"]),
+            Route(path, create_session, methods=["POST"]),
+            Route(path + "/{session_id}", get_session, methods=["GET"]),
         ]
     )

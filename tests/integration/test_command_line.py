@@ -125,7 +125,7 @@ def _running_demo(*args: str, curl_lines: int) -> Iterator[tuple[int, list[str],
         while time.monotonic() < deadline and len(found) < curl_lines:
             line = demo.stdout.readline()
             printed.append(line)
-            if line.strip().startswith("curl "):
+            if line.strip().startswith(("curl ", "S=$(curl ")):
                 found.append(line.strip())
         assert len(found) == curl_lines, f"demo printed {len(found)} curl lines:\n{printed}"
         yield port, found, printed
@@ -168,6 +168,23 @@ def test_demo_prints_curl_lines_that_work_as_printed() -> None:
         read = httpx.get(f"http://127.0.0.1:{port}{location}", headers={name: value})
         assert read.status_code == 200
         assert read.json()["session_id"] == session["session_id"]
+
+
+def test_demo_shows_a_capture_sessions_live_feed_with_the_line_it_prints() -> None:
+    """The third line: a session created, then its feed followed to its end as the
+    stand-in plays a short recording (webhooks, VideoDB's socket, the AI steps)."""
+    with _running_demo(curl_lines=3) as (_, (_, _, follow), _):
+        assert follow.startswith("S=$(curl ")
+        result = subprocess.run(["bash", "-c", follow], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    events = [line.removeprefix("event: ") for line in result.stdout.splitlines()]
+    assert [e for e in events if e in ("transcript", "visual_index", "status")] == [
+        "transcript",
+        "visual_index",
+        "transcript",
+        "status",
+    ]
+    assert 'data: {"status":"stopped"}' in result.stdout
 
 
 def test_demo_with_two_providers_prints_a_working_line_for_each() -> None:
