@@ -63,3 +63,5 @@ clean: ## remove the virtual environment and caches
 bench: $(STAMP) ## performance figures side by side (needs wrk: apt-get install wrk)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.run
+	@# live capture: event to feed on one replica and across two (Redis), memory per feed
+	$(if $(or $(if $(BENCH_ONLY),,all),$(findstring live,$(BENCH_ONLY))),$(BIN)/python -m bench.live_feed)
