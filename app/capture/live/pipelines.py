@@ -10,11 +10,11 @@ status arrives there (from any replica), then after a short grace the socket is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, Protocol
 
 import structlog
 
+from app.capture.live import cancel_all
 from app.capture.live.claims import Claims
 from app.capture.live.event_log import EventLog
 from app.capture.live.events import FINAL_STATUSES, ai_event, status_event
@@ -206,11 +206,6 @@ class LivePipelines:
 
     async def close(self) -> None:
         """Shutdown: every socket closed."""
-        relays = list(self._relays.values())
-        for relay in relays:
-            relay.cancel()
-        for relay in relays:
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-        if relays:
-            log.info("live_sockets_closed", count=len(relays))
+        closed = await cancel_all(self._relays.values())
+        if closed:
+            log.info("live_sockets_closed", count=closed)

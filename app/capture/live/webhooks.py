@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -21,6 +20,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from app.capture.live import cancel_all
 from app.observability import metrics
 from app.videodb.answers import SESSION_ID
 
@@ -77,9 +77,4 @@ class WebhookInbox:
 
     async def close(self) -> None:
         """Shutdown: reads under way are abandoned (VideoDB retries its webhooks)."""
-        tasks = list(self._pending.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._pending.values())
