@@ -63,6 +63,19 @@ def node_test(
     return result.returncode, result.stdout + result.stderr
 
 
+def node_process(files: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`node --test` on these files, running while the test drives what they observe."""
+    package = built_package()
+    return subprocess.Popen(
+        [node(), "--test", "--test-reporter=tap", *(f"test/{name}" for name in files)],
+        cwd=package,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def summary(output: str) -> dict[str, int]:
     """The runner's closing counts: tests, pass, fail, skipped…"""
     counts = {}

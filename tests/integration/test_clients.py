@@ -3,18 +3,17 @@ desktop program."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -25,17 +24,11 @@ from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import require_binary
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
-from tests.integration.conftest import AUDIENCE, broker_settings
+from tests.fakes.videodb_live import FakeLiveVideoDB, live_plane
+from tests.integration.conftest import API_KEY, AUDIENCE, broker_settings
 from tests.integration.js_package import built_package, node
 
 pytestmark = pytest.mark.integration
-
-# Live capture (#25: webhooks, GET /v1/capture/sessions/{id}/events, export) is built alongside
-# the clients; its end-to-end tests run as soon as its endpoints are part of the broker.
-needs_live_capture = pytest.mark.skipif(
-    importlib.util.find_spec("app.web.live_endpoints") is None,
-    reason="live capture (#25) is not in this broker yet: no feed to follow end to end",
-)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -297,14 +290,23 @@ def test_browser_page_reads_back_and_follows_its_session_across_origins(
     assert len(preflights) >= 2
 
 
+@pytest.fixture(scope="module")
+def plane() -> Iterator[tuple[FakeLiveVideoDB, ThreadedServer]]:
+    """VideoDB's stand-in with its live plane: a real WebSocket, webhooks, export."""
+    with live_plane(FakeVideoDB(api_key=API_KEY)) as live:
+        server = ThreadedServer(live).start()
+        yield live, server
+        server.stop()
+
+
 @pytest.fixture
 def live_broker(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    plane: tuple[FakeLiveVideoDB, ThreadedServer],
     page_server: ThreadedServer,
 ) -> Iterator[BrokerProcess]:
     """A broker with live capture on: VideoDB's webhooks come to it, feeds go to the page."""
-    _, server = videodb_server
+    _, server = plane
     port = free_port()
     settings = broker_settings(
         idp,
@@ -314,24 +316,34 @@ def live_broker(
         BROKER_CAPTURE_LIVE="on",
         BROKER_PUBLIC_URL=f"http://127.0.0.1:{port}",
         BROKER_CAPTURE_WEBHOOK_SECRET="a-webhook-secret-for-the-client-tests-only",
+        BROKER_CAPTURE_PIPELINES=json.dumps([{"channel": "mic", "run": "transcript"}]),
     )
     process = BrokerProcess(settings, port=port).wait_ready()
     yield process
     process.terminate()
 
 
-@needs_live_capture
+def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        time.sleep(0.05)
+
+
 def test_browser_page_follows_its_session_live_to_the_end_across_origins(
     live_broker: BrokerProcess,
     page_server: ThreadedServer,
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
+    plane: tuple[FakeLiveVideoDB, ThreadedServer],
 ) -> None:
-    """End to end: the page creates a session, reads it back and follows its feed; VideoDB
-    then exports the recording (its webhook reaches the broker, which reads the session
-    again): the page shows the status as it comes and the feed ending after it."""
+    """End to end, as the issue has it: a page on another origin creates a session, reads it
+    back with GET and follows its feed through the package. VideoDB then starts the session,
+    its AI speaks on VideoDB's socket, and the recording is exported: the page lists each
+    event as it comes, shows the last status, and the feed ends after it."""
     from playwright.sync_api import sync_playwright
 
+    live, _ = plane
     query = urlencode(
         {"broker": live_broker.url, "id_token": idp.issuers[0].mint("web-live", AUDIENCE)}
     )
@@ -348,21 +360,29 @@ def test_browser_page_follows_its_session_live_to_the_end_across_origins(
             session_id = page.inner_text("#session")
             read_back = page.inner_text("#session-status")
             assert page.inner_text("#feed") == "following"
-            ((_, _, created),) = [c for c in videodb.session_calls if c[0] == "POST"]
-            videodb.sessions[session_id] |= {"status": "exported", "exported_video_id": "m-9"}
-            webhook = httpx.post(
-                created["callback_url"],
-                json={"event": "capture_session.exported", "capture_session_id": session_id},
+            live.set_status(session_id, "active")
+            assert live.webhook_now(session_id).status_code == 200
+            _until(lambda: live.threaded_socket.open == 1)  # the broker's socket to VideoDB
+            said = {"text": "hello from the mic", "is_final": True}
+            live.threaded_socket.send(json.dumps({"channel": "transcript", "data": said}))
+            live.threaded_socket.send(
+                json.dumps({"channel": "scene_index", "data": {"text": "a slide"}})
             )
-            assert webhook.status_code == 200
+            page.wait_for_function("document.querySelectorAll('#events li').length === 2")
+            live.set_status(session_id, "exported", exported_video_id="m-9")
+            assert live.webhook_now(session_id, "capture_session.exported").status_code == 200
             page.wait_for_function("document.getElementById('feed').textContent === 'ended'")
-            events = page.inner_text("#events")
+            events = page.inner_text("#events").splitlines()
             status = page.inner_text("#session-status")
         finally:
             browser.close()
     assert session_id.startswith("cap-")
     assert read_back == "created"
-    assert events.strip() == "status: exported"
+    assert events == [
+        "transcript: hello from the mic",
+        "visual_index: a slide",
+        "status: exported",
+    ]
     assert status == "exported"
     feeds = [
         r

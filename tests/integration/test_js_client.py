@@ -4,11 +4,10 @@ broker, whose log lines tell what reached it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -17,17 +16,17 @@ from jose import jwt
 from tests.fakes.broker_process import BrokerProcess, free_port
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.videodb import FakeVideoDB
+from tests.fakes.videodb_live import FakeLiveVideoDB, live_plane
 from tests.integration.conftest import API_KEY, TOKEN_PATH, assert_no_secret_in
-from tests.integration.js_package import JS_DIR, built_package, node_test, summary
+from tests.integration.js_package import (
+    JS_DIR,
+    built_package,
+    node_process,
+    node_test,
+    summary,
+)
 
 pytestmark = pytest.mark.integration
-
-# Live capture (#25: webhooks, GET /v1/capture/sessions/{id}/events, export) is built alongside
-# the clients; its end-to-end tests run as soon as its endpoints are part of the broker.
-needs_live_capture = pytest.mark.skipif(
-    importlib.util.find_spec("app.web.live_endpoints") is None,
-    reason="live capture (#25) is not in this broker yet: no feed to follow end to end",
-)
 
 AUDIENCE = "js-client-tests"
 SHARED_SECRET = "js-client-tests-shared-secret-not-for-production"
@@ -140,18 +139,26 @@ def _id_token(user: str) -> str:
     return token
 
 
+@pytest.fixture(scope="module")
+def plane() -> Iterator[tuple[FakeLiveVideoDB, ThreadedServer]]:
+    """VideoDB's stand-in with its live plane: a real WebSocket, webhooks, export."""
+    with live_plane(FakeVideoDB(api_key=API_KEY)) as live:
+        server = ThreadedServer(live).start()
+        yield live, server
+        server.stop()
+
+
 @pytest.fixture
-def live_js_broker(
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], videodb: FakeVideoDB
-) -> Iterator[BrokerProcess]:
-    """The broker with live capture on: VideoDB's webhooks come to it."""
-    _, server = videodb_server
+def live_js_broker(plane: tuple[FakeLiveVideoDB, ThreadedServer]) -> Iterator[BrokerProcess]:
+    """The broker with live capture on, before the live plane."""
+    _, server = plane
     port = free_port()
     settings = _settings(
         server.url,
         BROKER_CAPTURE_LIVE="on",
         BROKER_PUBLIC_URL=f"http://127.0.0.1:{port}",
         BROKER_CAPTURE_WEBHOOK_SECRET="a-webhook-secret-for-the-client-tests-only",
+        BROKER_CAPTURE_PIPELINES=json.dumps([{"channel": "mic", "run": "transcript"}]),
     )
     process = BrokerProcess(settings, port=port).wait_ready()
     yield process
@@ -159,12 +166,29 @@ def live_js_broker(
     assert_no_secret_in(process.output())
 
 
-@needs_live_capture
+def _metric(broker: BrokerProcess, name: str) -> float:
+    """A sample of the broker's /metrics (0 when absent)."""
+    for line in httpx.get(broker.url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        time.sleep(0.05)
+
+
 def test_the_package_follows_a_live_session_end_to_end(
-    live_js_broker: BrokerProcess, videodb: FakeVideoDB
+    live_js_broker: BrokerProcess, plane: tuple[FakeLiveVideoDB, ThreadedServer]
 ) -> None:
-    """A session whose recording VideoDB exported (its webhook reached the broker, which read
-    the session again): its owner follows the feed through the package under Node."""
+    """The whole loop under Node: the owner's feed open through the package, VideoDB's AI
+    events relayed to it live, the recording exported; then resumed, exported, and refused to
+    another user (clients/js/test/broker.test.mjs, "a live session")."""
+    live, _ = plane
     created = httpx.post(
         live_js_broker.url + "/v1/capture/sessions",
         headers={"Authorization": f"Bearer {_id_token('js-follower')}"},
@@ -172,11 +196,10 @@ def test_the_package_follows_a_live_session_end_to_end(
     )
     assert created.status_code == 201, created.text
     session_id = created.json()["session_id"]
-    ((_, _, sent),) = [c for c in videodb.session_calls if c[0] == "POST"]
-    videodb.sessions[session_id] |= {"status": "exported", "exported_video_id": "m-7"}
-    webhook = {"event": "capture_session.exported", "capture_session_id": session_id}
-    assert httpx.post(sent["callback_url"], json=webhook).status_code == 200
-    code, output = node_test(
+    live.set_status(session_id, "active")
+    assert live.webhook_now(session_id).status_code == 200
+    _until(lambda: live.threaded_socket.open == 1)  # the broker's socket to VideoDB
+    node = node_process(
         ["broker.test.mjs"],
         env={
             "BROKER_URL": live_js_broker.url,
@@ -186,6 +209,23 @@ def test_the_package_follows_a_live_session_end_to_end(
             "BROKER_TEST_LIVE_SESSION": session_id,
         },
     )
+    try:
+        _until(lambda: _metric(live_js_broker, "broker_capture_open_feeds") == 1)
+        transcript = {"text": "hello", "is_final": True, "start": 1.5, "end": 2.0}
+        live.threaded_socket.send(json.dumps({"channel": "transcript", "data": transcript}))
+        live.threaded_socket.send("not json")
+        live.threaded_socket.send(
+            json.dumps({"channel": "scene_index", "data": {"text": "a slide"}})
+        )
+        relayed = 'broker_capture_live_events_total{outcome="relayed"}'
+        _until(lambda: _metric(live_js_broker, relayed) >= 2)
+        live.set_status(session_id, "exported", exported_video_id="m-42")
+        assert live.webhook_now(session_id, "capture_session.exported").status_code == 200
+        output, _ = node.communicate(timeout=120)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.communicate()
     counts = summary(output)
-    assert code == 0, output
-    assert (counts.get("fail"), counts.get("pass")) == (0, 7), output
+    assert node.returncode == 0, output
+    assert (counts.get("fail"), counts.get("pass")) == (0, 8), output

@@ -112,26 +112,49 @@ describe("against a running broker", { skip: !BROKER && "run through tests/integ
   });
 });
 
-// A live broker (BROKER_CAPTURE_LIVE=on): tests/integration/test_js_client.py created the
-// session for js-follower and had VideoDB's webhook report it exported before this runs.
+// A live broker (BROKER_CAPTURE_LIVE=on) before VideoDB's stand-in live plane:
+// tests/integration/test_js_client.py created the session for js-follower and made it active;
+// once this feed is open (the broker's metrics say so), it pushes a transcript, a message to
+// drop and a scene on VideoDB's socket, then reports the recording exported.
 const FOLLOWED = process.env.BROKER_TEST_LIVE_SESSION;
 
 describe("a live session against a running broker", { skip: !FOLLOWED && "run through tests/integration/test_js_client.py" }, () => {
-  test("its owner follows the feed: typed events, and the loop ends after the final status", async () => {
+  test("its owner follows the feed live; the loop ends after the final status", async () => {
     const source = signedIn("js-follower");
-    const feed = followCaptureSession(source, FOLLOWED, { idleTimeoutSeconds: 30 });
+    const feed = followCaptureSession(source, FOLLOWED);
     const events = [];
     for await (const event of feed) events.push(event);
-    assert.deepEqual(events, [{ id: "1", type: "status", data: { status: "exported", exportedVideoId: "m-7" } }]);
-    assert.equal(feed.lastEventId, "1");
-    const view = await getCaptureSession(source, FOLLOWED);
-    assert.equal(view.status, "exported");
+    assert.deepEqual(events, [
+      { id: "1", type: "transcript", data: { text: "hello", isFinal: true, start: 1.5, end: 2 } },
+      { id: "2", type: "visual_index", data: { text: "a slide" } },
+      { id: "3", type: "status", data: { status: "exported", exportedVideoId: "m-42" } },
+    ]);
+    assert.equal(feed.lastEventId, "3");
+    // Resumed after the first event (a reload, another window): the broker replays the rest.
+    const rest = [];
+    for await (const event of followCaptureSession(source, FOLLOWED, { lastEventId: "1" })) rest.push(event.id);
+    assert.deepEqual(rest, ["2", "3"]);
+    assert.equal((await getCaptureSession(source, FOLLOWED)).status, "exported");
     source.stop();
   });
 
-  test("another user's feed is not_found, at once", async () => {
+  test("its export, asked again until done", async () => {
+    const source = signedIn("js-follower");
+    const done = await exportCaptureSession(source, FOLLOWED, { wait: true, pollIntervalSeconds: 0.2 });
+    assert.deepEqual(done, {
+      sessionId: FOLLOWED,
+      exportStatus: "exported",
+      videoId: "m-123",
+      streamUrl: "https://stream.videodb.io/m-123.m3u8",
+      playerUrl: "https://console.videodb.io/player?m-123",
+    });
+    source.stop();
+  });
+
+  test("another user's feed and export are not_found, at once", async () => {
     const stranger = signedIn("js-follower-stranger");
     await assert.rejects(followCaptureSession(stranger, FOLLOWED).next(), { name: "BrokerError", code: "not_found" });
+    await assert.rejects(exportCaptureSession(stranger, FOLLOWED, { wait: true }), { code: "not_found" });
     stranger.stop();
   });
 });
