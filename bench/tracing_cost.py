@@ -27,6 +27,11 @@ VARIANTS: dict[str, dict[str, str]] = {
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.1",
     },
+    "on, 1 % sampled": {
+        "BROKER_OTEL": "on",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.01",
+    },
 }
 
 Wrk = Callable[..., dict[str, float]]

@@ -21,9 +21,11 @@ import ipaddress
 import logging
 import math
 import os
+import random
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -33,6 +35,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -159,7 +162,12 @@ class Tracing:
             attributes[SERVICE_NAME] = DEFAULT_SERVICE_NAME  # else the variable names it
         # The sampler (OTEL_TRACES_SAMPLER) and batch settings (OTEL_BSP_*) come from the
         # environment, read by the SDK itself.
-        self.provider = TracerProvider(resource=Resource.create(attributes))
+        # The sampler the environment configures decides each request before anything is
+        # built (TracingMiddleware); the provider then samples what was decided.
+        self.sampler = TracerProvider(shutdown_on_exit=False).sampler
+        self.provider = TracerProvider(
+            resource=Resource.create(attributes), sampler=_Decided(self.sampler)
+        )
         exporter = _OncePerIncident(OTLPSpanExporter(), _collector())
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("videodb-token-broker", __version__)
@@ -201,6 +209,35 @@ class Tracing:
             return False
         return any(address in network for network in self.trusted)
 
+    def sampled(self, parent: Context | None) -> bool:
+        """Whether to trace this request: a trusted proxy's sampled flag when it sent one,
+        else the configured sampler's decision for a new trace."""
+        if parent is not None:
+            context = trace.get_current_span(parent).get_span_context()
+            if context.is_valid:
+                return context.trace_flags.sampled
+        trace_id = random.getrandbits(128) or 1
+        decision = self.sampler.should_sample(None, trace_id, "request").decision
+        return decision is Decision.RECORD_AND_SAMPLE
+
+
+_DECIDED: ContextVar[bool] = ContextVar("broker_trace_decided", default=False)
+
+
+class _Decided(Sampler):
+    """The configured sampler, except for a request span already decided to be sampled."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(self, parent_context: Context | None, *args: Any, **kwargs: Any) -> Any:
+        if _DECIDED.get():
+            return SamplingResult(Decision.RECORD_AND_SAMPLE)
+        return self._inner.should_sample(parent_context, *args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"Decided({self._inner.get_description()})"
+
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -232,6 +269,14 @@ class TracingMiddleware:
         if scope["type"] != "http" or scope["path"] in self.quiet_paths:
             await self.app(scope, receive, send)
             return
+        parent = _parent(scope, self.tracing)
+        if not self.tracing.sampled(parent):
+            token = tracing.unsampled()
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                tracing.reset(token)
+            return
         method = scope["method"]
         status = 500
         request_id = ""
@@ -245,13 +290,16 @@ class TracingMiddleware:
                         request_id = value.decode("latin-1")
             await send(message)
 
-        with self.tracing.tracer.start_as_current_span(
-            f"{method} request",
-            context=_parent(scope, self.tracing),
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        decided = _DECIDED.set(True)
+        try:
+            span = self.tracing.tracer.start_span(
+                f"{method} request", context=parent, kind=SpanKind.SERVER
+            )
+        finally:
+            _DECIDED.reset(decided)
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
             try:
                 await self.app(scope, receive, send_traced)
             except BaseException as exc:

@@ -10,6 +10,7 @@ secret or a raw user id (tests/integration/test_tracing.py searches every export
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
 AttributeValue = str | bool | int | float
@@ -39,6 +40,10 @@ class _NoSpan:
 
 _NO_SPAN = _NoSpan()
 _recorder: Recorder | None = None
+# False inside a request the sampler dropped (decided before anything was built): no span,
+# no attribute, no context of OpenTelemetry's for it or for anything it does. None outside
+# requests (a background key refresh), where the sampler decides span by span.
+_request_sampled: ContextVar[bool | None] = ContextVar("broker_request_sampled", default=None)
 
 
 def install(recorder: Recorder | None) -> None:
@@ -48,14 +53,25 @@ def install(recorder: Recorder | None) -> None:
 
 
 def enabled() -> bool:
-    """Whether spans are being recorded."""
-    return _recorder is not None
+    """Whether spans are being recorded here (tracing on, and this request sampled)."""
+    return _recorder is not None and _request_sampled.get() is not False
+
+
+def unsampled() -> Token[bool | None]:
+    """Mark the current request as dropped by the sampler; reset with the token."""
+    return _request_sampled.set(False)
+
+
+def reset(token: Token[bool | None]) -> None:
+    """The request is over."""
+    _request_sampled.reset(token)
 
 
 def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[Any]:
-    """A child span of the current one for the block, or nothing while tracing is off."""
+    """A child span of the current one for the block, or nothing while tracing is off or
+    the request was not sampled."""
     recorder = _recorder
-    if recorder is None:
+    if recorder is None or _request_sampled.get() is False:
         return _NO_SPAN
     return recorder.span(name, attributes)
 
@@ -63,5 +79,5 @@ def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[Any]
 def annotate(**attributes: AttributeValue) -> None:
     """Add attributes to the current span (the request's, or a child's)."""
     recorder = _recorder
-    if recorder is not None:
+    if recorder is not None and _request_sampled.get() is not False:
         recorder.annotate(attributes)

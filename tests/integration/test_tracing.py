@@ -215,6 +215,37 @@ def test_an_incoming_traceparent_is_honoured_only_from_a_trusted_proxy(
     assert (span["parent_id"] == caller_span) is continued
 
 
+def test_the_sampler_decides_first_and_a_trusted_proxys_flag_is_honoured(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    receiver: tuple[OtlpReceiver, ThreadedServer],
+) -> None:
+    """Sampling at 0: a request is traced only when the trusted proxy in front says it is
+    sampled; a request the sampler drops yields no span at all, not even a child started
+    as a root of its own (authentication, the token, VideoDB's call)."""
+    _, server = videodb_server
+    collected, collector = receiver
+    otel = _otel(collector.url, OTEL_TRACES_SAMPLER="parentbased_traceidratio")
+    settings = broker_settings(
+        idp, server.url, BROKER_TRUSTED_PROXIES="127.0.0.1", OTEL_TRACES_SAMPLER_ARG="0", **otel
+    )
+    broker = BrokerProcess(settings).wait_ready()
+    jwt = idp.issuers[0].mint("sampling", AUDIENCE)
+    try:
+        dropped = [_post(broker, jwt, json={"expires_in": 300 + i}) for i in range(5)]
+        declined = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+        dropped.append(_post(broker, jwt, headers={"traceparent": declined}))
+        assert [r.status_code for r in dropped] == [200] * 6
+        kept_trace = secrets.token_hex(16)
+        span = _traced_request(broker, collected, jwt, f"00-{kept_trace}-{secrets.token_hex(8)}-01")
+    finally:
+        assert broker.terminate() == 0
+    assert span["trace_id"] == kept_trace
+    spans = collected.spans()
+    assert {s["trace_id"] for s in spans} == {kept_trace}  # nothing of the dropped requests
+    assert len(_children(spans, span)) >= 2  # the sampled one has its children
+
+
 def test_with_tracing_off_nothing_is_exported_whatever_otel_variables_say(
     idp: FakeIdentityProvider,
     videodb_server: tuple[FakeVideoDB, ThreadedServer],
