@@ -33,10 +33,11 @@ from app.videodb.answers import (
     token_from,
     websocket_url_from,
 )
+from app.videodb.transport import AiohttpClient
 
 TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
-# VideoDB calls at once, per process; the rest queue. Past about this many, httpcore's pool
-# costs more CPU per call than the call itself (docs/performance.md).
+# VideoDB calls at once, per process; the rest queue in front of the pool (a bounded pool
+# also bounds the TLS connections a login storm opens to VideoDB).
 MAX_CONNECTIONS = 16
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
@@ -50,8 +51,8 @@ class _NoCookies(httpx.Cookies):
         """Drop what VideoDB (or anything in front of it) tried to set."""
 
 
-class CookielessClient(httpx.AsyncClient):
-    """An httpx client whose cookie jar never fills.
+class CookielessClient(AiohttpClient):
+    """An httpx client over aiohttp's HTTP/1.1 whose cookie jar never fills.
 
     One client serves every user's VideoDB call, so a cookie set on one user's call must
     never be kept for, or sent on, another's.
@@ -67,9 +68,10 @@ class CookielessClient(httpx.AsyncClient):
 
 
 def build_http_client(timeout: float) -> httpx.AsyncClient:
-    """The shared client for VideoDB: httpx's own transport (httpcore), explicit
-    connect/read/write/pool timeouts, no redirects followed, no cookies kept, and the
-    environment's proxy settings honoured as httpx does by default."""
+    """The shared client for VideoDB: httpx over aiohttp's transport (transport.py), explicit
+    connect/read/pool timeouts (aiohttp has no write timeout: the call's deadline bounds a
+    write), no redirects followed, no cookies kept, and the environment's proxy settings
+    and CA bundle honoured as httpx does by default."""
     return CookielessClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0), pool=timeout),
         # as many kept alive as may be open: under load, a connection is reused, not closed
@@ -82,7 +84,8 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
-# Failures httpx reports before a byte of the request was written: safe to repeat any call.
+# Failures httpx reports before a byte of the request was written: safe to repeat any call
+# (transport.py tells aiohttp's failures as these same classes).
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -103,8 +106,8 @@ class VideoDBClient:
         self._collection_path = f"/collection/{collection_id}"
         self._sessions_path = f"{self._collection_path}/capture/session"
         self._timeout = timeout
-        # Requests queue here, before httpx: httpcore's pool does work in proportion to the
-        # requests and connections it holds on every event (docs/performance.md).
+        # Requests queue here, before httpx: the pool never holds more than it can serve,
+        # and a wait for it is not counted against the `pool` timeout.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
