@@ -26,6 +26,7 @@ from app.videodb.wiring import start_videodb
 from app.web.capture_endpoints import router as capture_router
 from app.web.cors import ProblemCORSMiddleware, cors_middleware_options
 from app.web.live_endpoints import router as live_router
+from app.web.ops_endpoints import MetricsPortMiddleware
 from app.web.ops_endpoints import router as ops_router
 from app.web.problems import UnhandledErrorMiddleware, install_error_handlers
 from app.web.request_context import RequestContextMiddleware
@@ -139,9 +140,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: CORS sees requests after the request id is bound. Layers with
     # nothing to do are left out: each costs every request (docs/performance.md).
     app.add_middleware(UnhandledErrorMiddleware)
+    if settings.metrics_port is not None:
+        app.add_middleware(MetricsPortMiddleware, metrics_port=settings.metrics_port)
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, **cors_middleware_options(settings))  # type: ignore[arg-type]
-    app.add_middleware(RequestContextMiddleware, quiet_paths=OPERATIONS_PATHS)
+    app.add_middleware(
+        RequestContextMiddleware, quiet_paths=OPERATIONS_PATHS, routes=app.router.routes
+    )
     if settings.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     if tracing is not None:  # outermost: it sees the real peer, before proxy headers

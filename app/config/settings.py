@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     trusted_proxies: CommaList = Field(default_factory=list)
+    # /metrics on a port of its own (token-broker serve binds it), never on the main one
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     capture_sessions: Literal["on", "off"] = "off"
     capture_collection_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,128}$")

@@ -125,6 +125,7 @@ class SharedState:
             except (RedisError, OSError, TimeoutError) as exc:
                 if _command_refused(exc):
                     self._succeeded()
+                    metrics.REDIS_COMMANDS_REFUSED.labels(command).inc()
                     self._command_refused(exc)
                 else:
                     self._failed(exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -14,7 +16,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
+
+from app import __version__
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TOKEN_SOURCES = ("cache", "upstream", "coalesced")
@@ -88,6 +93,26 @@ REDIS_UP = Gauge(
     "1 when the shared Redis answers (or none is configured), else 0",
     multiprocess_mode="livemin",
 )
+REDIS_COMMANDS_REFUSED = Counter(
+    "broker_redis_commands_refused_total",
+    "Redis commands Redis answered with an error (a key of another type, an ACL): the call "
+    "fell back to the process",
+    ["command"],
+)
+# Set by each /readyz and /metrics: an alert can then tell 'scraped but not ready' from
+# serving (up == 1 alone says only that the process answers).
+READY = Gauge(
+    "broker_ready",
+    "1 when this process would answer /readyz with 200, else 0",
+    multiprocess_mode="livemax",
+)
+BUILD_INFO = Gauge(
+    "broker_build_info",
+    "Always 1: the broker's version and the Python running it, as labels",
+    ["version", "python"],
+    multiprocess_mode="livemax",
+)
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 # Live capture (BROKER_CAPTURE_LIVE=on)
 LIVE_WEBHOOKS = Counter(
@@ -128,9 +153,20 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 _request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
-def record_request(scope: Scope, status: int, seconds: float) -> None:
+def route_template(scope: Scope, routes: Sequence[BaseRoute] = ()) -> str:
+    """The route template a request is counted under: its matched route's, else the route
+    its path would reach (a CORS preflight is answered before routing), else 'unmatched'."""
+    route = scope.get("route")
+    if route is None and scope["method"] == "OPTIONS":
+        route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
+    return getattr(route, "path", "unmatched")
+
+
+def record_request(
+    scope: Scope, status: int, seconds: float, routes: Sequence[BaseRoute] = ()
+) -> None:
     """Count and time one HTTP request by its route template (bounded label values)."""
-    template = getattr(scope.get("route"), "path", "unmatched")
+    template = route_template(scope, routes)
     method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
     key = (template, method, status)
     series = _request_series.get(key)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import tempfile
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings
+from app.config.errors import exit_with_problems
 from app.observability.logs import configure_logging, uvicorn_log_config
 from app.server.protocol import SERVER_OPTIONS
 
@@ -60,15 +64,21 @@ def tls_problems(settings: Settings) -> list[str]:
 
 def serve(settings: Settings, host: str, port: int, workers: int, keep_alive: int) -> None:
     """Serve until SIGTERM. One worker serves the app built from `settings`; several each
-    build their own from the environment (each is a process), as uvicorn's workers must."""
+    build their own from the environment (each is a process), as uvicorn's workers must.
+
+    With BROKER_METRICS_PORT, a second socket on the same host: the app serves /metrics there
+    alone (app/web/ops_endpoints.py), so no proxy in front of the main port can publish it.
+    """
     from app.main import create_app
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.metrics_port == port:
+        exit_with_problems([f"BROKER_METRICS_PORT: must differ from the serving port ({port})"])
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; /metrics sums them (prometheus-client's
         # multiprocess mode). Set before the workers start, as prometheus-client requires.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="broker-metrics-")
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings) if workers == 1 else "app.main:create_app",
         factory=workers > 1,
         host=host,
@@ -82,3 +92,28 @@ def serve(settings: Settings, host: str, port: int, workers: int, keep_alive: in
         ssl_keyfile=settings.tls_key_file,
         ssl_ciphers=TLS12_CIPHERS,  # uvicorn's default ("TLSv1") also admits CBC suites
     )
+    _run(config, _bind(config, settings.metrics_port))
+
+
+def _bind(config: uvicorn.Config, metrics_port: int | None) -> list[socket.socket]:
+    """The listening sockets, bound as uvicorn.run binds its one (exit 1 on failure)."""
+    sockets = [config.bind_socket()]
+    if metrics_port is not None:
+        config.port, main_port = metrics_port, config.port
+        try:
+            sockets.append(config.bind_socket())
+        finally:
+            config.port = main_port
+    return sockets
+
+
+def _run(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """uvicorn.run's serving, on sockets bound beforehand: one process, or its supervisor of
+    worker processes sharing them."""
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.capture.live.webhooks import WEBHOOKS_PATH
@@ -49,9 +51,16 @@ def _incoming_request_id(scope: Scope) -> str | None:
 class RequestContextMiddleware:
     """Binds a request id to every log line and adds the headers every response needs."""
 
-    def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        quiet_paths: frozenset[str] = frozenset(),
+        routes: Sequence[BaseRoute] = (),
+    ) -> None:
         self.app = app
         self.quiet_paths = quiet_paths
+        self.routes = routes  # the app's: a preflight CORS answered is counted under its route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +92,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
-            record_request(scope, status, elapsed)
+            record_request(scope, status, elapsed, self.routes)
             if scope["path"] not in self.quiet_paths or status >= 400:
                 _log_request(scope, status, elapsed)
             structlog.contextvars.unbind_contextvars("request_id")

@@ -57,3 +57,14 @@ async def test_metrics_are_prometheus_text(app_client: Build, network: respx.Moc
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     assert "broker_upstream_circuit_state 0.0" in resp.text
+
+
+async def test_metrics_say_whether_this_process_is_ready(
+    app_client: Build, network: respx.MockRouter
+) -> None:
+    # Scraped but not ready is not serving: the TokenBrokerDown alert reads broker_ready.
+    client = await app_client()
+    assert "\nbroker_ready 1.0" in (await client.get("/metrics")).text
+    network["jwks"].mock(side_effect=httpx.ConnectError("down"))
+    unready = await app_client(wait_ready=False)
+    assert "\nbroker_ready 0.0" in (await unready.get("/metrics")).text
