@@ -36,6 +36,8 @@ SHARED_SECRET_NAME = "shared-secret"  # noqa: S105 - the label of shared-secret 
 NO_PROVIDER_LABEL = "none"
 
 AudienceClaim = Literal["aud", "client_id", "azp"]
+# a message, not a secret
+NEXT_SECRET_ALONE = "needs BROKER_AUTH_HS256_SECRET: it is accepted beside it while it rotates"  # noqa: S105
 
 
 class ProviderConfig(BaseModel):
@@ -53,16 +55,20 @@ class ProviderConfig(BaseModel):
     audience_claim: AudienceClaim = "aud"
     required_scopes: list[str] = Field(default_factory=list)
     hs256_secret: SecretStr | None = Field(default=None, repr=False)
+    # accepted beside hs256_secret while the shared secret rotates (docs/operations.md)
+    hs256_next_secret: SecretStr | None = Field(default=None, repr=False)
 
     @field_validator("issuer", "jwks_url")
     @classmethod
     def _secure(cls, value: str | None) -> str | None:
         return None if value is None else require_secure_url(value)
 
-    _secret_length = field_validator("hs256_secret")(rules.shared_secret)
+    _secret_length = field_validator("hs256_secret", "hs256_next_secret")(rules.shared_secret)
 
     @model_validator(mode="after")
     def _keys_and_algorithms(self) -> ProviderConfig:
+        if self.hs256_next_secret is not None and self.hs256_secret is None:
+            raise _FieldRule("hs256_next_secret", NEXT_SECRET_ALONE)
         if self.hs256_secret is not None:
             if self.jwks_url:
                 raise ValueError("a JWKS URL and a shared secret are exclusive")
@@ -119,7 +125,9 @@ class IssuerEntry(ProviderConfig):
     @model_validator(mode="before")
     @classmethod
     def _no_secret(cls, value: object) -> object:
-        if isinstance(value, dict) and value.get("hs256_secret") is not None:
+        if isinstance(value, dict) and (
+            value.get("hs256_secret") is not None or value.get("hs256_next_secret") is not None
+        ):
             raise ValueError(
                 "hs256_secret is not supported in the list; shared-secret mode is the "
                 "single-issuer BROKER_AUTH_HS256_SECRET"
@@ -137,6 +145,7 @@ FLAT_VARIABLES = {
     "user_id_prefix": "BROKER_AUTH_USER_ID_PREFIX",
     "required_scopes": "BROKER_AUTH_REQUIRED_SCOPES",
     "hs256_secret": "BROKER_AUTH_HS256_SECRET",
+    "hs256_next_secret": "BROKER_AUTH_HS256_NEXT_SECRET",
 }
 
 
@@ -150,6 +159,8 @@ def single_issuer_provider(options: dict[str, object], algorithms_set: bool) -> 
     values = {key: value for key, value in options.items() if value is not None}
     if not values.get("audience"):
         raise ValueError("BROKER_AUTH_AUDIENCE: is required")
+    if values.get("hs256_next_secret") is not None and values.get("hs256_secret") is None:
+        raise ValueError(f"BROKER_AUTH_HS256_NEXT_SECRET: {NEXT_SECRET_ALONE}")
     if values.get("hs256_secret") is not None:
         if values.get("jwks_url"):
             raise ValueError(

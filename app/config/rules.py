@@ -46,7 +46,7 @@ def videodb_key(value: SecretStr) -> SecretStr:
 
 
 def shared_secret(value: SecretStr | None) -> SecretStr | None:
-    """An HS256 secret long enough to resist guessing."""
+    """A secret (an HS256 secret, a Redis encryption key) long enough to resist guessing."""
     if value is not None and len(value.get_secret_value().encode()) < MIN_SHARED_SECRET_BYTES:
         raise ValueError(f"must be at least {MIN_SHARED_SECRET_BYTES} bytes")
     return value

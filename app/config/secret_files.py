@@ -21,7 +21,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 SECRET_VARIABLES: dict[str, tuple[str, ...]] = {
     "videodb_api_key": ("VIDEO_DB_API_KEY", "VIDEODB_API_KEY"),
     "auth_hs256_secret": ("BROKER_AUTH_HS256_SECRET",),
+    "auth_hs256_next_secret": ("BROKER_AUTH_HS256_NEXT_SECRET",),
     "redis_url": ("BROKER_REDIS_URL",),
+    "redis_encryption_key": ("BROKER_REDIS_ENCRYPTION_KEY",),
+    "redis_previous_encryption_key": ("BROKER_REDIS_PREVIOUS_ENCRYPTION_KEY",),
     "capture_webhook_secret": ("BROKER_CAPTURE_WEBHOOK_SECRET",),
 }
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a key, a secret or a URL: a mounted directory is a mistake

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     auth_audience: str | None = None
     auth_algorithms: CommaList = Field(default_factory=lambda: ["RS256"])
     auth_hs256_secret: SecretStr | None = None
+    auth_hs256_next_secret: SecretStr | None = None  # beside it while it rotates
     auth_user_claim: str = "sub"
     auth_required_scopes: CommaList = Field(default_factory=list)
     auth_user_id_prefix: str = ""
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
     rate_limit: str = "30/minute"
     redis_url: SecretStr | None = None
+    # what seals tokens in Redis (else the VideoDB key), and what sealed them before a rollout
+    redis_encryption_key: SecretStr | None = None
+    redis_previous_encryption_key: SecretStr | None = None
     upstream_timeout: float = Field(default=5.0, gt=0, le=60)
     cache_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     circuit_failure_threshold: int = Field(default=5, ge=1, le=1000)
@@ -126,7 +130,12 @@ class Settings(BaseSettings):
         "auth_algorithms", "auth_required_scopes", "cors_origins", "trusted_proxies", mode="before"
     )(rules.split_commas)
     _key = field_validator("videodb_api_key")(rules.videodb_key)
-    _secret = field_validator("auth_hs256_secret")(rules.shared_secret)  # every problem at once
+    _secret = field_validator(
+        "auth_hs256_secret",
+        "auth_hs256_next_secret",
+        "redis_encryption_key",
+        "redis_previous_encryption_key",
+    )(rules.shared_secret)  # every problem at once
     _origins = field_validator("cors_origins")(rules.exact_origins)
     _proxies = field_validator("trusted_proxies")(rules.proxy_networks)
     _redis = field_validator("redis_url")(rules.redis_url)
@@ -184,6 +193,11 @@ class Settings(BaseSettings):
             )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE must be set together")
+        if self.redis_previous_encryption_key and not self.redis_encryption_key:
+            raise ValueError(
+                "BROKER_REDIS_PREVIOUS_ENCRYPTION_KEY needs BROKER_REDIS_ENCRYPTION_KEY: it is "
+                "the key entries were sealed with before the current one"
+            )
         live.live_rules(
             self.capture_live_on,
             self.capture_sessions_on,
@@ -206,6 +220,7 @@ class Settings(BaseSettings):
                     "user_id_prefix",
                     "required_scopes",
                     "hs256_secret",
+                    "hs256_next_secret",
                 )
             }
             algorithms_set = "auth_algorithms" in self.model_fields_set
@@ -254,6 +269,7 @@ _SINGLE_ISSUER_FIELDS = frozenset(
         "auth_issuer",
         "auth_audience",
         "auth_hs256_secret",
+        "auth_hs256_next_secret",
         "auth_algorithms",
         "auth_user_claim",
         "auth_required_scopes",

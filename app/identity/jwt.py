@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,11 +159,25 @@ def build_key_ring(jwks: object, allowed: frozenset[str]) -> tuple[KeyRing, int]
     return ring, skipped
 
 
-def build_shared_secret_ring(secret: bytes) -> KeyRing:
-    """A ring holding the one HS256 key of shared-secret mode."""
-    if len(secret) < 32:  # also enforced by settings; never let an empty key through
+class _AnyOfSecrets(Key):
+    """HS256 under any of several secrets (the current one and the next, while a shared
+    secret rotates): the signature verifies if one of them made it. python-jose is still
+    handed one pre-built key and one algorithm."""
+
+    def __init__(self, keys: Sequence[Any]) -> None:
+        self._keys = tuple(keys)
+
+    def verify(self, msg: bytes, sig: bytes) -> bool:
+        return any(key.verify(msg, sig) for key in self._keys)
+
+
+def build_shared_secret_ring(*secrets: bytes) -> KeyRing:
+    """A ring holding shared-secret mode's HS256 key: one secret, or several accepted alike."""
+    if not secrets or any(len(secret) < 32 for secret in secrets):
+        # also enforced by settings; never let an empty key through
         raise ValueError("shared secret too short")
-    return {None: {"HS256": jwk.construct(secret, "HS256")}}
+    keys = [jwk.construct(secret, "HS256") for secret in secrets]
+    return {None: {"HS256": keys[0] if len(keys) == 1 else _AnyOfSecrets(keys)}}
 
 
 def _b64_json(segment: str) -> Any:

@@ -63,10 +63,11 @@ class SigningKeys(Protocol):
 
 
 class SharedSecretKeys:
-    """HS256 with one secret: always ready, nothing to fetch."""
+    """HS256 with one secret, or two while it rotates: always ready, nothing to fetch."""
 
-    def __init__(self, secret: bytes, provider: str = "shared-secret") -> None:
-        self._ring = build_shared_secret_ring(secret)
+    def __init__(self, *secrets: bytes, provider: str = "shared-secret") -> None:
+        self._ring = build_shared_secret_ring(*secrets)
+        self._count = len(secrets)
         self._provider = provider
 
     @property
@@ -96,7 +97,9 @@ class SharedSecretKeys:
         return None
 
     def describe(self) -> str:
-        return "shared HS256 secret"
+        if self._count == 1:
+            return "shared HS256 secret"
+        return f"{self._count} shared HS256 secrets (the current and the next)"
 
 
 async def _get_json(client: httpx.AsyncClient, url: str, deadline: float) -> object:
@@ -316,6 +319,8 @@ class JwksKeys:
 def signing_keys_for(provider: ProviderConfig, client: httpx.AsyncClient) -> SigningKeys:
     """The key source this provider's settings ask for."""
     if provider.hs256_secret is not None:
-        secret = provider.hs256_secret.get_secret_value().encode()
-        return SharedSecretKeys(secret, provider.label)
+        secrets = [provider.hs256_secret.get_secret_value().encode()]
+        if provider.hs256_next_secret is not None:
+            secrets.append(provider.hs256_next_secret.get_secret_value().encode())
+        return SharedSecretKeys(*secrets, provider=provider.label)
     return JwksKeys(provider, client)

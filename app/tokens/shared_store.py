@@ -12,7 +12,7 @@ from redis.exceptions import LockError
 
 from app.infra.redis_state import SharedState
 from app.tokens.cache import CachedToken
-from app.tokens.sealing import CacheSealError, TokenSealer
+from app.tokens.sealing import CacheSealError, SealingKey, TokenSealer
 
 KEY_PREFIX = "vtb:v1"
 FAILURE_HOLD_MS = 1000  # a failure marker's life: long enough for the waiters to see it
@@ -33,6 +33,12 @@ return left
 log = structlog.get_logger(logger_name=__name__)
 
 
+def token_key(sealing_key: SealingKey, key: str) -> str:
+    """Where a token sealed under this key is kept: the name says which key sealed it, so
+    pods holding different keys (a rollout) never overwrite each other's entries."""
+    return f"{KEY_PREFIX}:tok:{sealing_key.key_id}:{key}"
+
+
 class SharedTokenStore:
     """Sealed tokens, a mint lock and failure markers in Redis, shared by replicas."""
 
@@ -47,18 +53,28 @@ class SharedTokenStore:
         return self._shared.available
 
     async def get(self, key: str) -> CachedToken | None:
-        redis_key = f"{KEY_PREFIX}:tok:{key}"
+        """The token sealed under the current key, else under the previous one (a rollout
+        of a new key: what the old pods cached is reused, not minted again)."""
+        for sealing_key in self._sealer.keys:
+            found = await self._get_sealed(key, sealing_key)
+            if found is not None:
+                return found
+        return None
+
+    async def _get_sealed(self, key: str, sealing_key: SealingKey) -> CachedToken | None:
+        redis_key = token_key(sealing_key, key)
         sealed = await self._shared.run(lambda: self._shared.client.get(redis_key), "GET")
         if not isinstance(sealed, bytes):
             return None
         try:
-            value = CachedToken(**json.loads(self._sealer.open(sealed, redis_key.encode())))
+            opened = self._sealer.open(sealed, redis_key.encode(), sealing_key)
+            value = CachedToken(**json.loads(opened))
         except (CacheSealError, ValueError, TypeError):
-            return None  # tampered or from another key: mint afresh
+            return None  # tampered, or planted: mint afresh
         return value if time.time() < value.reuse_until else None
 
     async def put(self, key: str, value: CachedToken) -> None:
-        redis_key = f"{KEY_PREFIX}:tok:{key}"
+        redis_key = token_key(self._sealer.current, key)
         keep_ms = int((value.reuse_until - time.time()) * 1000)
         if keep_ms <= 0:
             return

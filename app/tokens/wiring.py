@@ -14,7 +14,7 @@ def build_tokens(settings: Settings, minter: Minter, shared: SharedState | None)
     """Tokens from this process's cache, Redis's sealed copies when shared, or `minter`."""
     store = None
     if shared is not None:
-        sealer = TokenSealer(settings.videodb_api_key.get_secret_value())
+        sealer = TokenSealer(*sealing_materials(settings))
         store = SharedTokenStore(shared, sealer)
     return TokenService(
         minter,
@@ -23,3 +23,11 @@ def build_tokens(settings: Settings, minter: Minter, shared: SharedState | None)
         upstream_name=settings.videodb_api,
         deadline=settings.upstream_timeout,
     )
+
+
+def sealing_materials(settings: Settings) -> tuple[str, str | None]:
+    """What Redis entries are sealed with (BROKER_REDIS_ENCRYPTION_KEY, else the VideoDB
+    key), and what they may have been sealed with before (a rollout of a new key)."""
+    current = settings.redis_encryption_key or settings.videodb_api_key
+    previous = settings.redis_previous_encryption_key
+    return current.get_secret_value(), previous.get_secret_value() if previous else None

@@ -42,6 +42,7 @@ def _load(monkeypatch: pytest.MonkeyPatch, issuers: Any, **env: str) -> Any:
         ([{**ONE, "algorithms": ["HS256"]}], "provider 1: algorithms may hold only ES256"),
         ([{**ONE, "algorithms": ["none"]}], "RS512 (not none)"),
         ([{**ONE, "hs256_secret": "x" * 40}], "hs256_secret is not supported in the list"),
+        ([{**ONE, "hs256_next_secret": "x" * 40}], "hs256_secret is not supported in the list"),
         ([{**ONE, "user_id_prefix": "has space"}], "provider 1: user_id_prefix"),
         ([{**ONE, "user_id_prefix": "p" * 33}], "provider 1: user_id_prefix"),
         ([ONE, {**ONE, "issuer": "https://b.idp.test"}], "each needs a non-empty user_id_prefix"),
@@ -76,6 +77,7 @@ def test_a_list_that_cannot_work_is_one_line_naming_the_variable(
         "BROKER_AUTH_ISSUER",
         "BROKER_AUTH_AUDIENCE",
         "BROKER_AUTH_HS256_SECRET",
+        "BROKER_AUTH_HS256_NEXT_SECRET",
         "BROKER_AUTH_ALGORITHMS",
         "BROKER_AUTH_USER_CLAIM",
         "BROKER_AUTH_REQUIRED_SCOPES",
@@ -87,6 +89,7 @@ def test_mixing_both_styles_is_refused(monkeypatch: pytest.MonkeyPatch, single: 
         "BROKER_AUTH_JWKS_URL": "https://a.idp.test/jwks.json",
         "BROKER_AUTH_ISSUER": "https://a.idp.test",
         "BROKER_AUTH_HS256_SECRET": "s" * 40,
+        "BROKER_AUTH_HS256_NEXT_SECRET": "s" * 40,
         "BROKER_AUTH_ALGORITHMS": "RS256",
         "BROKER_AUTH_USER_CLAIM": "sub",
         "BROKER_AUTH_REQUIRED_SCOPES": "",
@@ -146,3 +149,28 @@ def test_the_single_issuer_style_is_one_provider_with_its_prefix(
     monkeypatch.setenv("BROKER_AUTH_USER_ID_PREFIX", "bad prefix")
     with pytest.raises(ConfigError, match=r"^BROKER_AUTH_USER_ID_PREFIX: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (
+            {"BROKER_AUTH_ISSUER": "https://a.idp.test", "BROKER_AUTH_HS256_NEXT_SECRET": "n" * 40},
+            "BROKER_AUTH_HS256_NEXT_SECRET: needs BROKER_AUTH_HS256_SECRET",
+        ),
+        (
+            {"BROKER_AUTH_HS256_SECRET": "s" * 40, "BROKER_AUTH_HS256_NEXT_SECRET": "n" * 31},
+            "BROKER_AUTH_HS256_NEXT_SECRET: must be at least 32 bytes",
+        ),
+    ],
+)
+def test_the_next_shared_secret_comes_with_the_current_one_and_is_as_long(
+    monkeypatch: pytest.MonkeyPatch, values: dict[str, str], says: str
+) -> None:
+    for name, value in {"BROKER_AUTH_AUDIENCE": "api", **values}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VIDEO_DB_API_KEY", "sk-test-0123456789abcdef")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    assert says in str(caught.value)
+    assert "n" * 31 not in str(caught.value)

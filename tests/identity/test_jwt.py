@@ -156,6 +156,22 @@ def test_shared_secret_ring_refuses_short_and_verifies_hs256() -> None:
     assert _verify(token, ring, frozenset({"HS256"}))["sub"] == "u"
 
 
+def test_a_ring_of_two_secrets_verifies_either_and_nothing_else() -> None:
+    # current and next, while a shared secret rotates: no kid needed, no 401 either side
+    current, following = b"c" * 32, b"n" * 32
+    ring = build_shared_secret_ring(current, following)
+    hs = frozenset({"HS256"})
+    for secret in (current, following):
+        token = jwt.encode(_claims(), secret.decode(), algorithm="HS256")
+        assert _verify(token, ring, hs)["sub"] == "u"
+    forged = jwt.encode(_claims(), "x" * 32, algorithm="HS256")
+    with pytest.raises(TokenRejected) as info:
+        _verify(forged, ring, hs)
+    assert info.value.reason == "signature"
+    with pytest.raises(ValueError, match="short"):
+        build_shared_secret_ring(current, b"")
+
+
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [
