@@ -17,6 +17,7 @@ Configured by the standard variables only: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -172,7 +173,7 @@ class Tracing:
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("videodb-token-broker", __version__)
         self.flush_seconds = shutdown_flush_seconds()
-        self.trusted = [ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies]
+        self.trusted = tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies)
         for name in _EXPORTER_LOGGERS:  # _OncePerIncident says it once; they would say it always
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -203,11 +204,7 @@ class Tracing:
         client = scope.get("client")
         if not client or not self.trusted:
             return False
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted)
+        return _trusted(client[0], self.trusted)
 
     def sampled(self, parent: Context | None) -> bool:
         """Whether to trace this request: a trusted proxy's sampled flag when it sent one,
@@ -237,6 +234,21 @@ class _Decided(Sampler):
 
     def get_description(self) -> str:
         return f"Decided({self._inner.get_description()})"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=1024)
+def _trusted(
+    host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """Whether a peer address lies in a trusted network (a proxy's few addresses, cached)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 _PROPAGATOR = TraceContextTextMapPropagator()
