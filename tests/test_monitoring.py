@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import respx
 import yaml
@@ -20,6 +21,8 @@ from tests.fakes.redis_server import require_binary
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RULES_DIR = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "videodb-token-broker.json"
+OPERATIONS = DEPLOY.parent / "docs" / "operations.md"
+RUNBOOKS = "https://github.com/your-org/videodb-token-broker/blob/main/docs/operations.md"
 SUFFIXES = ("_bucket", "_count", "_sum", "_created")
 
 
@@ -33,23 +36,58 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((RULES_DIR / "alerts.yaml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for rule in _rules() if "alert" in rule}
+
+
 def test_the_rules_are_valid() -> None:
     checked = _promtool("check", "rules", "alerts.yaml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    assert f"SUCCESS: {len(_rules())} rules found" in checked.stdout
 
 
 def test_each_alert_fires_when_it_should_and_only_then() -> None:
     tested = _promtool("test", "rules", "alerts.test.yaml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    alerts = {
-        rule["alert"]
-        for group in yaml.safe_load((RULES_DIR / "alerts.yaml").read_text())["groups"]
-        for rule in group["rules"]
-    }
-    cases = (RULES_DIR / "alerts.test.yaml").read_text()
-    for alert in alerts:  # each alert has a firing case and a quiet one
-        assert cases.count(f"alertname: {alert}") >= 2, alert
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in yaml.safe_load((RULES_DIR / "alerts.test.yaml").read_text())["tests"]:
+        for check in case["alert_rule_test"]:
+            (fired if check["exp_alerts"] else quiet).add(check["alertname"])
+    # each alert has a case that fires it and one that must not
+    assert fired == set(_alerts())
+    assert quiet == set(_alerts())
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings."""
+    headings = re.findall(r"^#+ (.+)$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_each_alert_has_a_runbook_in_the_operations_page() -> None:
+    anchors = _anchors(OPERATIONS.read_text())
+    for name, rule in _alerts().items():
+        assert rule["labels"]["severity"] in {"page", "ticket"}, name
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == RUNBOOKS, name
+        assert anchor == name.lower(), name  # its own runbook: #### <AlertName>
+        assert anchor in anchors, name
+
+
+def test_the_operations_table_names_exactly_the_alerts_of_the_rules() -> None:
+    text = OPERATIONS.read_text()
+    section = text[text.index("## What to alert on") :]
+    table = section[: section.index("### Runbooks")]
+    rows = re.findall(r"^\| `(\w+)` \| (page|ticket) \|", table, re.M)
+    assert len(rows) == len(set(rows))
+    assert dict(rows) == {name: rule["labels"]["severity"] for name, rule in _alerts().items()}
 
 
 def test_every_dashboard_panel_queries_something() -> None:
@@ -57,11 +95,25 @@ def test_every_dashboard_panel_queries_something() -> None:
     assert dashboard["uid"] == "videodb-token-broker"
     titles = [panel["title"] for panel in dashboard["panels"]]
     assert len(titles) == len(set(titles))
+    rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
         assert panel["targets"], panel["title"]
         assert all("broker_" in target["expr"] for target in panel["targets"]), panel["title"]
     for wanted in ("Cache hit share", "VideoDB latency", "circuit", "Redis", "Signing keys"):
         assert any(wanted in title for title in titles), wanted
+    assert rows == ["Availability", "Live capture (BROKER_CAPTURE_LIVE=on)"]
+    for metric in (
+        "broker_capture_webhooks_total",
+        "broker_capture_pipeline_starts_total",
+        "broker_capture_live_events_total",
+        "broker_capture_videodb_sockets",
+        "broker_capture_open_feeds",
+        "broker_ready",
+        "broker_build_info",
+    ):
+        assert metric in DASHBOARD.read_text(), metric
 
 
 async def test_every_metric_the_rules_and_the_dashboard_name_is_exported(

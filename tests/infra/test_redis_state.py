@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio.connection import AbstractConnection
 
 from app.infra.rate_limits import LimitStore, UserRateLimiter
@@ -15,6 +16,7 @@ from app.infra.redis_state import REDIS_HARD_TIMEOUT_SECONDS, SharedState, patie
 from tests.fakes.redis_server import RedisServer
 
 API_KEY = "sk-shared-state-0123456789"
+_REFUSED = ("broker_redis_commands_refused_total", {"command": "RATE_LIMIT"})
 
 
 def _hog(seconds: float) -> None:
@@ -110,7 +112,10 @@ async def test_a_garbage_limiter_key_affects_that_call_only(
     for key in keys:  # a value no counter script can add to
         raw.delete(key)
         raw.rpush(key, "garbage")
+    refused = REGISTRY.get_sample_value(*_REFUSED) or 0.0
     await limiter.check("ada")  # counted in this process instead, no error
+    # the RedisRefusingCommands alert's counter, by the command refused
+    assert REGISTRY.get_sample_value(*_REFUSED) == refused + 1
     assert shared.healthy
     assert shared.available  # other users still share their limits through Redis
     await limiter.check("bob")
