@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test image-test lint format bench lock clean
+.PHONY: help install demo serve test image-test lint format bench lock clean prometheus-rule
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -56,6 +56,9 @@ lock: $(STAMP) ## re-pin requirements.lock (runtime with [otel], for the image),
 	$(BIN)/pip-compile $(LOCK_FLAGS) --extra otel --output-file requirements.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --extra dev --extra otel --output-file requirements-dev.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) --allow-unsafe --only-build-deps --build-deps-for wheel --output-file requirements-build.lock pyproject.toml
+
+prometheus-rule: ## deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml from deploy/prometheus/alerts.yaml (after editing the rules)
+	sh deploy/kubernetes/components/prometheus-operator/build-rule.sh > deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
