@@ -16,17 +16,24 @@ from app.server.protocol import KEEP_ALIVE_S
 from app.server.serve import serve, tls_problems
 
 
-def _default_port() -> int:
-    raw = os.environ.get("PORT", "8080")
-    return int(raw) if raw.isdigit() else 8080
+def _port_from_environment() -> int:
+    """PORT (the image honours it), 8080 when unset; anything else is one configuration line,
+    never a silent 8080."""
+    raw = os.environ.get("PORT", "").strip()
+    if not raw:
+        return 8080
+    if not raw.isdigit() or int(raw) > 65535:
+        exit_with_problems(["PORT: must be a port number from 0 to 65535"])
+    return int(raw)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
+    port = _port_from_environment() if args.port is None else args.port
     tls = tls_problems(settings)
     if tls:
         exit_with_problems(tls)
-    serve(settings, args.host, args.port, args.workers, args.keep_alive)
+    serve(settings, args.host, port, args.workers, args.keep_alive)
     return 0
 
 
@@ -63,6 +70,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(raw: str) -> int:
+    """A number of worker processes, for argparse: 0 would serve nothing."""
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 256")
+    return int(raw)
+
+
+def _port(raw: str) -> int:
+    """A TCP port, for argparse (0: any free port)."""
+    if not raw.isdigit() or int(raw) > 65535:
+        raise argparse.ArgumentTypeError("must be a port number from 0 to 65535")
+    return int(raw)
+
+
 def _seconds(raw: str) -> int:
     """A whole number of seconds from 1 to 3600, for argparse."""
     if not raw.isdigit() or not 1 <= int(raw) <= 3600:
@@ -76,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the production server")
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=_default_port())
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--port", type=_port, default=None, help="default: PORT, else 8080")
+    serve.add_argument("--workers", type=_workers, default=1)
     serve.add_argument(
         "--keep-alive",
         type=_seconds,

@@ -23,3 +23,13 @@ def test_a_keep_alive_that_is_not_whole_seconds_in_range_is_refused(
         build_parser().parse_args(["serve", "--keep-alive", value])
     assert exit_info.value.code == 2
     assert "--keep-alive: must be whole seconds from 1 to 3600" in capsys.readouterr().err
+
+
+def test_the_port_comes_from_port_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli import _port_from_environment
+
+    monkeypatch.setenv("PORT", "9000")
+    assert build_parser().parse_args(["serve"]).port is None  # resolved when serving
+    assert _port_from_environment() == 9000
+    monkeypatch.delenv("PORT")
+    assert _port_from_environment() == 8080

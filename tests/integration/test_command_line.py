@@ -346,3 +346,30 @@ def test_providers_that_could_be_mistaken_for_another_stop_start_up(
     assert words in lines[-1]
     assert API_KEY not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+SERVABLE = {
+    "VIDEO_DB_API_KEY": API_KEY,
+    "BROKER_AUTH_AUDIENCE": AUDIENCE,
+    "BROKER_AUTH_HS256_SECRET": "s" * 40,
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        ([], {"PORT": "abc"}, "configuration error: PORT: must be a port number from 0 to 65535"),
+        ([], {"PORT": "70000"}, "configuration error: PORT: must be a port number"),
+        (["--workers", "0"], {}, "argument --workers: must be a whole number from 1 to 256"),
+        (["--port", "http"], {}, "argument --port: must be a port number from 0 to 65535"),
+    ],
+    ids=["PORT=abc", "PORT=70000", "--workers 0", "--port http"],
+)
+def test_a_port_or_worker_count_that_cannot_serve_is_one_line_not_a_default(
+    args: list[str], env: dict[str, str], line: str
+) -> None:
+    # PORT=abc once served on 8080 without a word, and --workers 0 was taken
+    result = _run([sys.executable, "-m", "app.cli", "serve", *args], {**SERVABLE, **env})
+    assert result.returncode == 2, result.stderr
+    assert line in result.stderr
+    assert "Traceback" not in result.stderr
