@@ -258,3 +258,23 @@ def test_python_joses_pure_python_crypto_dependencies_are_never_loaded() -> None
         "HS256 jose.backends.cryptography_backend",
         "imported: []",
     ]
+
+
+def test_ruff_refuses_python_jose_anywhere_but_its_module() -> None:
+    """The fence is a lint rule (ruff's banned-api), not a sentence in docs/security.md."""
+    repo = Path(__file__).resolve().parents[2]
+    ruff = Path(sys.executable).parent / "ruff"
+
+    def lint(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ruff), "check", "--no-cache", "--stdin-filename", path, "-"],
+            input="from jose import jwt\n\nprint(jwt)\n",
+            capture_output=True,
+            text=True,
+            cwd=repo,
+        )
+
+    refused = lint("app/web/token_endpoint.py")
+    assert refused.returncode == 1
+    assert "TID251" in refused.stdout
+    assert lint("app/identity/jwt.py").returncode == 0
