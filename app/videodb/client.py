@@ -35,7 +35,7 @@ from app.videodb.answers import (
 )
 from app.videodb.transport import AiohttpClient
 
-TOKEN_PATH = "/capture/session/token"  # noqa: S105 - a path
+UPSTREAM_TOKEN_PATH = "/capture/session/token"  # noqa: S105 - VideoDB's path, not ours
 # VideoDB calls at once, per process; the rest queue in front of the pool (a bounded pool
 # also bounds the TLS connections a login storm opens to VideoDB).
 MAX_CONNECTIONS = 16
@@ -114,7 +114,7 @@ class VideoDBClient:
         """A token for this user; UpstreamError/Unavailable/Timeout on any failure."""
         sent_at = time.time()
         payload = {"user_id": user_id, "expires_in": expires_in}
-        answer = await self.call("POST", TOKEN_PATH, payload, budget)
+        answer = await self.call("POST", UPSTREAM_TOKEN_PATH, payload, budget)
         return _interpreted(lambda: token_from(answer, sent_at, expires_in))
 
     async def create_capture_session(

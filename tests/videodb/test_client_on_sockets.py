@@ -21,7 +21,12 @@ from pydantic import SecretStr
 
 from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.videodb.answers import MAX_RESPONSE_BYTES
-from app.videodb.client import MAX_CONNECTIONS, TOKEN_PATH, VideoDBClient, build_http_client
+from app.videodb.client import (
+    MAX_CONNECTIONS,
+    UPSTREAM_TOKEN_PATH,
+    VideoDBClient,
+    build_http_client,
+)
 from tests.fakes.tls import self_signed_certificate
 
 API_KEY = "sk-sockets-0123456789abcdef"
@@ -119,7 +124,7 @@ async def test_calls_share_one_kept_alive_connection_and_send_what_the_contract_
             assert (await client.mint(user, 600)).token == "st-fresh"
     assert len(opened) == 1
     head, _, body = requests[1].partition(b"\r\n\r\n")
-    assert head.startswith(b"POST " + TOKEN_PATH.encode() + b" HTTP/1.1")
+    assert head.startswith(b"POST " + UPSTREAM_TOKEN_PATH.encode() + b" HTTP/1.1")
     assert b"x-access-token: " + API_KEY.encode() in head.lower()
     assert b"x-videodb-client: videodb-token-broker/" in head.lower()
     assert b"cookie" not in head.lower()

@@ -20,7 +20,12 @@ import pytest
 from pydantic import SecretStr
 
 from app.errors import UpstreamTimeout, UpstreamUnavailable
-from app.videodb.client import TOKEN_PATH, CookielessClient, VideoDBClient, build_http_client
+from app.videodb.client import (
+    UPSTREAM_TOKEN_PATH,
+    CookielessClient,
+    VideoDBClient,
+    build_http_client,
+)
 from tests.fakes.tls import self_signed_certificate
 from tests.videodb.test_client_on_sockets import (
     API_KEY,
@@ -184,7 +189,7 @@ async def test_each_failure_is_told_as_httpcore_tells_it(
         http = build_http_client(0.5)  # the read timeout; the call's deadline is longer
         try:
             with pytest.raises(httpx.TransportError) as raised:
-                await http.post(url + TOKEN_PATH, content=b"{}")
+                await http.post(url + UPSTREAM_TOKEN_PATH, content=b"{}")
             client = VideoDBClient(http, SecretStr(API_KEY), url, 10.0)
             with pytest.raises((UpstreamUnavailable, UpstreamTimeout)) as failed:
                 await client.mint("ada", 600)
