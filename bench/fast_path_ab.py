@@ -53,7 +53,7 @@ async def _per_hit_us(variant: str) -> float:
     )
     headers = [(b"host", b"b"), (b"authorization", f"Bearer {bearer}".encode())]
     answer = {"success": True, "data": {"token": "st-bench", "expires_in": 900}}
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(assert_all_called=False, using="httpx") as router:
         router.post("https://videodb.bench/capture/session/token").mock(
             return_value=httpx.Response(200, json=answer)
         )
