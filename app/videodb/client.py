@@ -105,6 +105,10 @@ class VideoDBClient:
         self._base = base_url
         self._collection_path = f"/collection/{collection_id}"
         self._sessions_path = f"{self._collection_path}/capture/session"
+        # parsed once: httpx parses a URL given as a string on every call
+        self._urls = {
+            path: httpx.URL(base_url + path) for path in (UPSTREAM_TOKEN_PATH, self._sessions_path)
+        }
         self._timeout = timeout
         # Requests queue here, before httpx: the pool never holds more than it can serve,
         # and a wait for it is not counted against the `pool` timeout.
@@ -190,9 +194,8 @@ class VideoDBClient:
             content = json.dumps(payload).encode()
         # Streamed, and no more read than the cap: a hostile or broken answer cannot fill
         # memory, and its body is never logged.
-        async with self._http.stream(
-            method, self._base + path, content=content, headers=headers
-        ) as resp:
+        url = self._urls.get(path) or self._base + path
+        async with self._http.stream(method, url, content=content, headers=headers) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk

@@ -143,14 +143,24 @@ class ResilientVideoDB:
         """Retried after a jittered backoff or VideoDB's own `Retry-After` of up to 2 s, while
         `retryable` says so; every attempt and every pause inside the request's one deadline."""
         ends_at = time.monotonic() + self._deadline
+        # Nearly every call succeeds at once: the first attempt is made without tenacity,
+        # whose loop costs more CPU than the attempt's own bookkeeping (docs/performance.md).
+        try:
+            return await self._attempt(operation, call, self._deadline, 1)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            first = exc
         retrying = AsyncRetrying(
             retry=retry_if_exception(retryable),
             wait=_wait,
-            stop=stop_after_attempt(MAX_ATTEMPTS) | stop_before_delay(self._deadline),
+            stop=stop_after_attempt(MAX_ATTEMPTS) | stop_before_delay(ends_at - time.monotonic()),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first  # made above: tenacity decides from it whether to go on
                 left = ends_at - time.monotonic()
                 if left <= 0:
                     raise UpstreamTimeout("VideoDB did not answer in time; try again shortly.")
