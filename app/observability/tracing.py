@@ -1,19 +1,22 @@
-"""The spans the broker records, through a seam that costs nothing while tracing is off.
+"""The spans the broker records, through a seam that builds nothing while tracing is off.
 
 Code across the broker calls `span(...)` and `annotate(...)`. With `BROKER_OTEL` off (the
-default) they do nothing and nothing of OpenTelemetry's SDK is loaded; `app/observability/
-otel.py`, imported only when it is on, installs a tracer here. Attribute values are always
-ours: names, labels, counts, fingerprints. Never a key, a JWT, an `st-` token, a URL with a
-secret or a raw user id (tests/integration/test_tracing.py searches every exported byte).
+default) they do nothing (every span is one shared null span) and nothing of OpenTelemetry's
+SDK is loaded; `app/observability/otel.py`, imported only when it is on, installs a tracer
+here. Attribute values are always ours: names, labels, counts, fingerprints. Never a key, a
+JWT, an `st-` token, a URL with a secret or a raw user id (tests/integration/test_tracing.py
+searches every exported byte).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 AttributeValue = str | bool | int | float
+T = TypeVar("T")
 
 
 class Recorder(Protocol):
@@ -52,11 +55,6 @@ def install(recorder: Recorder | None) -> None:
     _recorder = recorder
 
 
-def enabled() -> bool:
-    """Whether spans are being recorded here (tracing on, and this request sampled)."""
-    return _recorder is not None and _request_sampled.get() is not False
-
-
 def unsampled() -> Token[bool | None]:
     """Mark the current request as dropped by the sampler; reset with the token."""
     return _request_sampled.set(False)
@@ -81,3 +79,31 @@ def annotate(**attributes: AttributeValue) -> None:
     recorder = _recorder
     if recorder is not None and _request_sampled.get() is not False:
         recorder.annotate(attributes)
+
+
+def traced(
+    name: str,
+    work: Awaitable[T],
+    outcome: Callable[[T], dict[str, AttributeValue]],
+    attributes: dict[str, AttributeValue] | None = None,
+) -> Awaitable[T]:
+    """`work` in a span annotated with `outcome(result)`; while tracing is off or the request
+    was not sampled, `work` itself, without even the null span: the seam for the calls every
+    cache hit makes (docs/performance.md)."""
+    recorder = _recorder
+    if recorder is None or _request_sampled.get() is False:
+        return work
+    return _recorded(recorder, name, work, outcome, attributes or {})
+
+
+async def _recorded(
+    recorder: Recorder,
+    name: str,
+    work: Awaitable[T],
+    outcome: Callable[[T], dict[str, AttributeValue]],
+    attributes: dict[str, AttributeValue],
+) -> T:
+    with recorder.span(name, attributes):
+        result = await work
+        recorder.annotate(outcome(result))
+        return result

@@ -40,6 +40,10 @@ _SHARED_FAILURES: dict[str, type[BrokerError]] = {
 }
 
 
+def _source(issued: IssuedToken) -> dict[str, tracing.AttributeValue]:
+    return {"broker.token.source": issued.source}
+
+
 def _shared_failure(code: str) -> BrokerError:
     detail = "VideoDB failed for a concurrent request of this user; try again shortly."
     if _SHARED_FAILURES.get(code) is UpstreamUnavailable:
@@ -67,12 +71,8 @@ class TokenService:
 
     async def issue(self, user_id: str, ttl: int) -> IssuedToken:
         """A token for this user and requested lifetime."""
-        if not tracing.enabled():  # the cache hit's path: not even a null span
-            return await self._issue(user_id, ttl)
-        with tracing.span("broker.token", **{"broker.token.requested_ttl": ttl}):
-            issued = await self._issue(user_id, ttl)
-            tracing.annotate(**{"broker.token.source": issued.source})
-            return issued
+        attributes: dict[str, tracing.AttributeValue] = {"broker.token.requested_ttl": ttl}
+        return await tracing.traced("broker.token", self._issue(user_id, ttl), _source, attributes)
 
     async def _issue(self, user_id: str, ttl: int) -> IssuedToken:
         key = cache_key(user_id, ttl, self._upstream)

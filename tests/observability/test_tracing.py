@@ -27,10 +27,37 @@ def recorded() -> Iterator[InMemorySpanExporter]:
 
 
 def test_off_every_call_is_a_no_op() -> None:
-    assert not tracing.enabled()
     with tracing.span("anything", key="value") as span:
         tracing.annotate(more="attributes")
     assert span is tracing.span("another")  # one shared object: nothing built per call
+
+
+async def test_a_traced_call_is_the_call_itself_while_off() -> None:
+    async def work() -> str:
+        return "cache"
+
+    call = work()
+    assert tracing.traced("broker.token", call, lambda _: {}) is call  # no wrapper, no span
+    assert await call == "cache"
+
+
+async def test_a_traced_call_is_a_span_with_its_outcome(recorded: InMemorySpanExporter) -> None:
+    async def work() -> str:
+        return "cache"
+
+    source = await tracing.traced(
+        "broker.token",
+        work(),
+        lambda found: {"broker.token.source": found},
+        {"broker.token.requested_ttl": 900},
+    )
+    assert source == "cache"
+    (span,) = recorded.get_finished_spans()
+    assert span.name == "broker.token"
+    assert dict(span.attributes or {}) == {
+        "broker.token.requested_ttl": 900,
+        "broker.token.source": "cache",
+    }
 
 
 def test_spans_nest_and_carry_their_attributes(recorded: InMemorySpanExporter) -> None:
