@@ -78,9 +78,9 @@ class VerifiedTokens:
     """Tokens that already passed every check, by SHA-256, until their exp (5 min at most).
 
     Desktop apps present the same JWT on every call; verifying its RSA signature and claims
-    again each time was the largest cost of a cache hit (docs/performance.md). An entry is
-    void once its provider's keys change (a new generation), so a key the IdP withdrew stops
-    working at the next fetch.
+    again each time would be the largest part of a cache hit (docs/performance.md). An entry
+    is void once its provider's keys change (a new generation), so a key the IdP withdrew
+    stops working at the next fetch.
     """
 
     def __init__(self, max_entries: int = VERIFIED_CACHE_ENTRIES) -> None:

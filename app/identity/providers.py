@@ -46,8 +46,8 @@ class IdentityProviders:
         self._providers = tuple(providers)
         self._by_issuer = {p.config.issuer: p for p in providers if p.config.issuer}
         # The single-issuer style: its one provider takes every token and checks `iss` itself
-        # while verifying (BROKER_AUTH_ISSUER, when set), exactly as before several providers;
-        # nothing is read of a token to route it.
+        # while verifying (BROKER_AUTH_ISSUER, when set); nothing is read of a token to route
+        # it.
         self._only = self._providers[0] if not by_issuer and len(self._providers) == 1 else None
 
     @property

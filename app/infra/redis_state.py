@@ -25,8 +25,8 @@ REDIS_HARD_TIMEOUT_SECONDS = 2.0
 TICKS_PER_TIMEOUT = 5
 # One pool per process, shared by the token cache and the rate limits. A full pool makes
 # callers queue for a connection (within the timeouts above) instead of failing at once, as
-# redis-py's default pool does past 100 connections: a burst of concurrent requests used to
-# look like a Redis outage. 64 connections carry thousands of sub-millisecond calls a second.
+# redis-py's default pool does past 100 connections, which would make a burst of concurrent
+# requests look like a Redis outage. How far 64 connections go: docs/performance.md.
 REDIS_MAX_CONNECTIONS = 64
 RETRY_AFTER_FAILURE_SECONDS = 2.0
 COMMAND_ERROR_LOG_INTERVAL_SECONDS = 60.0

@@ -18,7 +18,7 @@ _WORDLIKE_CHAR = r"[A-Za-z0-9_\-+=]"
 # whatever comes before them. A word boundary was asked for, and after a JSON escape
 # (`\nst-…`, `\teyJ…`) or a word character there is none: they passed whole.
 # - After anything but a letter (a digit, `_`, punctuation, a JSON escape such as `\n`): a
-#   key or token of 6 characters or more, as before.
+#   key or token of 6 characters or more.
 # - After a letter, where many words end in s (`us-east-1`, `Last-Event-ID`, `first-class`):
 #   a run of at least 12 key characters without a dot or a slash first
 #   (`tokenst-LEAKTOKEN123456`), so that a Cognito host (`cognito-idp.us-east-1.amazonaws.com`)

@@ -67,8 +67,8 @@ class _Recorder:
         parent = trace.get_current_span()
         if parent.get_span_context().is_valid and not parent.is_recording():
             # Inside a trace the sampler dropped: its children would be dropped too (the
-            # samplers are parent-based), so none is built. With 10 % sampled this halves
-            # what tracing costs the other 90 % of requests (docs/performance.md).
+            # samplers are parent-based), so none is built (what that saves an unsampled
+            # request: docs/performance.md, "Tracing").
             return nullcontext()
         return self._span(name, attributes)
 
@@ -130,8 +130,8 @@ def shutdown_flush_seconds() -> float:
     """How long shutdown waits for queued spans: the exporter's timeout, 5 s at most.
 
     The SDK bounds each export by that timeout, not the flush: with an export in flight and
-    more batches queued, a collector that accepts and never answers held the exit for a
-    timeout per batch (20-27 s measured, the SDK's own ceiling 30 s). Read as the exporter
+    more batches queued, a collector that accepts and never answers holds the exit for a
+    timeout per batch, up to the SDK's own ceiling (docs/performance.md). Read as the exporter
     reads it: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else OTEL_EXPORTER_OTLP_TIMEOUT, seconds.
     """
     raw = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(

@@ -1,10 +1,10 @@
 """uvicorn's httptools protocol with the two limits it lacks, refusing in problem+json.
 
 uvicorn bounds neither how long a client may take to send its request nor how large the
-request head may be: a connection that sends nothing, or its headers a byte at a time, was
-held open for good, and a 20 MB header line was read into memory (measured with uvicorn
-0.54). Behind a proxy that enforces its own limits this never matters; a broker that
-terminates TLS itself (`BROKER_TLS_CERT_FILE`) faces clients directly. This subclass:
+request head may be: alone, uvicorn 0.54 holds open for good a connection that sends nothing,
+or its headers a byte at a time, and reads a header line of megabytes into memory. Behind a
+proxy that enforces its own limits this never matters; a broker that terminates TLS itself
+(`BROKER_TLS_CERT_FILE`) faces clients directly. This subclass:
 
 - gives each request, pipelined or not, REQUEST_READ_TIMEOUT_S from its first byte until it
   has arrived whole, head and body: then 408 if the head is not complete, else the

@@ -33,8 +33,8 @@ class CachedToken:
 def cache_key(user_id: str, ttl: int, upstream: str) -> str:
     """Every parameter that changes the minted token, hashed (no user id in Redis keys).
 
-    NUL cannot occur in a user id (identity.py accepts printable ids only) nor in a URL, so
-    the joined material is unambiguous.
+    NUL cannot occur in a user id (app/identity/authenticator.py accepts printable ids only)
+    nor in a URL, so the joined material is unambiguous.
     """
     material = f"{user_id}\x00{ttl}\x00{upstream}"
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:40]

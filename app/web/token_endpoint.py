@@ -79,9 +79,9 @@ def requested_ttl(body: bytes, settings: Settings) -> int:
 class ServedByItsHandler(APIRoute):
     """A route FastAPI documents as usual (response model, responses, `openapi_extra`,
     security schemes) and serves with its handler alone: no parameter machinery (dependency
-    solving, body parsing, response validation) and no per-route exception wrapper, which
-    cost a cache hit about as much as the broker's own work (docs/performance.md). The
-    handler reads the request itself; what it raises goes to the app's error handlers."""
+    solving, body parsing, response validation) and no per-route exception wrapper, the
+    larger part of a cache hit served through them (docs/performance.md). The handler reads
+    the request itself; what it raises goes to the app's error handlers."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
