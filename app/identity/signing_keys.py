@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
@@ -139,6 +140,7 @@ class JwksKeys:
         max_retry_delay: float = 30.0,
         fetch_deadline: float = FETCH_DEADLINE_S,
         unknown_kid_wait: float = UNKNOWN_KID_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._configured_jwks_url = provider.jwks_url
         self._issuer = provider.issuer
@@ -150,6 +152,7 @@ class JwksKeys:
         self._max_retry_delay = max_retry_delay
         self._fetch_deadline = fetch_deadline
         self._unknown_kid_wait = unknown_kid_wait
+        self._clock = clock
         self._unknown_kid_fetch: asyncio.Task[None] | None = None
         self._ring: KeyRing = {}
         self._generation = 0
@@ -205,9 +208,9 @@ class JwksKeys:
         """
         fetch = self._unknown_kid_fetch
         if fetch is None or fetch.done():
-            if time.monotonic() - self._last_unknown_kid_fetch < self._cooldown:
+            if self._clock() - self._last_unknown_kid_fetch < self._cooldown:
                 return
-            self._last_unknown_kid_fetch = time.monotonic()
+            self._last_unknown_kid_fetch = self._clock()
             fetch = asyncio.create_task(self._refetch_for_unknown_kid(), name="jwks-unknown-kid")
             self._unknown_kid_fetch = fetch
         with contextlib.suppress(TimeoutError):

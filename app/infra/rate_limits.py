@@ -34,15 +34,17 @@ class SweepingMemoryStorage(MemoryStorage):
     key, after any hit once the previous sweep ended: with many users that is work
     proportional to the user count on every request (measured in docs/performance.md). Here
     the sweep runs at most every SWEEP_INTERVAL_SECONDS, in-loop, yielding every SWEEP_BATCH
-    keys. The window arithmetic stays the library's.
+    keys. The window arithmetic stays the library's, and so does its clock: `clock` must tell
+    the time `limits` reads (time.time), which its expiries are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
-        self._next_sweep = 0.0
+        self._clock = clock
+        self._next_sweep = float("-inf")
 
     async def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - upstream name
-        now = time.monotonic()
+        now = self._clock()
         if now < self._next_sweep or (self.timer is not None and not self.timer.done()):
             return
         self._next_sweep = now + SWEEP_INTERVAL_SECONDS
@@ -50,7 +52,7 @@ class SweepingMemoryStorage(MemoryStorage):
 
     async def sweep(self) -> None:
         """Drop expired window counters: nothing is kept for a user whose windows are over."""
-        now = time.time()
+        now = self._clock()
         for index, (key, expiry) in enumerate(list(self.expirations.items())):
             if expiry <= now:
                 self.storage.pop(key, None)
@@ -68,8 +70,11 @@ class LimitStore:
     """Where the counters of every limit live: in this process, and in Redis when there is
     one (shared by replicas), with this process taking over while Redis is down."""
 
-    def __init__(self, shared: SharedState | None = None) -> None:
-        self.local_storage = SweepingMemoryStorage()
+    def __init__(
+        self, shared: SharedState | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.clock = clock  # what `limits` reads too (time.time): for Retry-After
+        self.local_storage = SweepingMemoryStorage(clock)
         self.local = SlidingWindowCounterRateLimiter(self.local_storage)
         self._shared = shared
         self._remote: SlidingWindowCounterRateLimiter | None = None
@@ -136,7 +141,7 @@ class UserRateLimiter:
         if await self._store.run(limiter, lambda lim: lim.hit(item, name, who)):
             return
         stats = await self._store.run(limiter, lambda lim: lim.get_window_stats(item, name, who))
-        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        retry = max(1, math.ceil(stats.reset_time - self._store.clock()))
         metrics.RATE_LIMITED.inc()
         raise RateLimited(
             f"Too many {self._noun} for this user; retry after {retry} s.",

@@ -43,9 +43,10 @@ def cache_key(user_id: str, ttl: int, upstream: str) -> str:
 class LocalTokenCache:
     """A bounded, time-aware LRU of tokens in this process."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # wall time: tokens expire at VideoDB's epoch seconds
         self._entries: TLRUCache[str, CachedToken] | None = (
-            TLRUCache(maxsize=max_entries, ttu=lambda _k, v, _now: v.reuse_until, timer=time.time)
+            TLRUCache(maxsize=max_entries, ttu=lambda _k, v, _now: v.reuse_until, timer=clock)
             if max_entries > 0
             else None
         )
@@ -54,10 +55,10 @@ class LocalTokenCache:
         if self._entries is None:
             return None
         found = self._entries.get(key)
-        return found if found is not None and time.time() < found.reuse_until else None
+        return found if found is not None and self._clock() < found.reuse_until else None
 
     def put(self, key: str, value: CachedToken) -> None:
-        if self._entries is None or time.time() >= value.reuse_until:
+        if self._entries is None or self._clock() >= value.reuse_until:
             return
         self._entries[key] = value
         metrics.CACHE_ENTRIES.set(len(self._entries))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -61,6 +62,7 @@ class TokenService:
         shared: SharedTokenStore | None,
         upstream_name: str,
         deadline: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._minter = minter
         self._local = local
@@ -68,6 +70,7 @@ class TokenService:
         self._upstream = upstream_name
         self._deadline = deadline
         self._flights = Singleflight()
+        self._clock = clock  # when a token was minted: the cache's clock
 
     async def issue(self, user_id: str, ttl: int) -> IssuedToken:
         """A token for this user and requested lifetime."""
@@ -140,7 +143,7 @@ class TokenService:
         return found
 
     async def _mint_here(self, key: str, user_id: str, ttl: int) -> CachedToken:
-        minted_at = time.time()
+        minted_at = self._clock()
         minted = await self._minter.mint(user_id, ttl)
         token = CachedToken(minted.token, minted.expires_at, minted_at)
         self._local.put(key, token)

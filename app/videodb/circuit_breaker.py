@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -31,9 +31,15 @@ class CircuitOpen(UpstreamUnavailable):
 class CircuitBreaker:
     """Counts consecutive upstream failures (unavailable, timed out, or answering unusably)."""
 
-    def __init__(self, failure_threshold: int = 5, reset_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
+        self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
         self._probe_in_flight = False
@@ -44,14 +50,14 @@ class CircuitBreaker:
         """closed, open, or half_open (the reset timeout has passed; a probe may go)."""
         if self._opened_at is None:
             return "closed"
-        if time.monotonic() - self._opened_at < self.reset_timeout:
+        if self._clock() - self._opened_at < self.reset_timeout:
             return "open"
         return "half_open"
 
     def _retry_after(self) -> int:
         if self._opened_at is None:
             return 1
-        left = self.reset_timeout - (time.monotonic() - self._opened_at)
+        left = self.reset_timeout - (self._clock() - self._opened_at)
         return max(1, math.ceil(left))
 
     @asynccontextmanager
@@ -84,7 +90,7 @@ class CircuitBreaker:
         if probing or self._failures >= self.failure_threshold:
             if self._opened_at is None or probing:
                 log.warning("circuit_opened", failures=self._failures)
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()
             metrics.CIRCUIT_STATE.set(_GAUGE["open"])
         self._probe_in_flight = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from app.errors import UpstreamUnavailable
 from app.videodb.answers import MintedToken
@@ -12,8 +13,15 @@ from app.videodb.answers import MintedToken
 class CountingMinter:
     """A VideoDB stand-in that counts calls; optionally slow or failing."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False, granted: int | None = None) -> None:
+    def __init__(
+        self,
+        delay: float = 0.0,
+        fail: bool = False,
+        granted: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.calls = 0
+        self.clock = clock
         self.delay = delay
         self.fail = fail
         self.granted = granted
@@ -24,4 +32,4 @@ class CountingMinter:
         if self.fail:
             raise UpstreamUnavailable("down", 5)
         lifetime = self.granted if self.granted is not None else expires_in
-        return MintedToken(f"st-{user_id}-{self.calls}", int(time.time()) + lifetime)
+        return MintedToken(f"st-{user_id}-{self.calls}", int(self.clock()) + lifetime)

@@ -15,6 +15,7 @@ import respx
 from app.identity.signing_keys import JwksKeys, KeyFetchError
 from app.sandbox.dev_issuer import DevIssuer
 from tests.conftest import ISSUER
+from tests.fakes.clock import FakeClock
 
 DISCOVERY = ISSUER + "/.well-known/openid-configuration"
 
@@ -91,10 +92,19 @@ async def test_bad_jwks_documents_keep_the_old_keys(
 async def test_unknown_kid_refresh_is_cooled_down(
     make_settings: Callable[..., Any], network: respx.MockRouter
 ) -> None:
-    keys = await _keys(make_settings)
+    clock = FakeClock()
+    provider = make_settings().identity_providers[0]
+    keys = JwksKeys(provider, httpx.AsyncClient(), unknown_kid_cooldown=30, clock=clock)
     for _ in range(10):
         await keys.refresh_for_unknown_kid()
     assert network["jwks"].call_count == 1
+    clock.advance(29.9)
+    await keys.refresh_for_unknown_kid()
+    assert network["jwks"].call_count == 1  # still cooling down
+    clock.advance(0.1)
+    for _ in range(10):
+        await keys.refresh_for_unknown_kid()
+    assert network["jwks"].call_count == 2  # one more, then the next cool-down
 
 
 async def test_unknown_kid_refresh_survives_an_outage(

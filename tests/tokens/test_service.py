@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
-
-import pytest
 
 from app.errors import UpstreamUnavailable
 from app.tokens.cache import LocalTokenCache
 from app.tokens.service import TokenService
+from tests.fakes.clock import FakeClock
 from tests.fakes.minter import CountingMinter
 
 
 def _service(minter: CountingMinter, max_entries: int = 100) -> TokenService:
-    return TokenService(minter, LocalTokenCache(max_entries), None, "https://v", deadline=5)
+    """The service on the minter's clock (VideoDB's and ours agree, as they should)."""
+    cache = LocalTokenCache(max_entries, minter.clock)
+    return TokenService(minter, cache, None, "https://v", deadline=5, clock=minter.clock)
 
 
 async def test_reuses_a_token_for_the_same_user_and_lifetime() -> None:
@@ -32,22 +32,25 @@ async def test_reuses_a_token_for_the_same_user_and_lifetime() -> None:
     assert minter.calls == 3
 
 
-async def test_no_reuse_once_half_the_lifetime_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
-    minter = CountingMinter()
+async def test_no_reuse_once_half_the_lifetime_is_gone() -> None:
+    clock = FakeClock()
+    minter = CountingMinter(clock=clock)
     service = _service(minter)
     await service.issue("ada", 100)
-    now = time.time()
-    monkeypatch.setattr(time, "time", lambda: now + 51)
+    clock.advance(49.9)
+    assert (await service.issue("ada", 100)).source == "cache"
+    clock.advance(0.1)
     fresh = await service.issue("ada", 100)
     assert fresh.source == "upstream"
     assert minter.calls == 2
 
 
 async def test_a_short_grant_is_judged_by_its_own_lifetime() -> None:
-    minter = CountingMinter(granted=1)  # VideoDB granted far less than asked
+    clock = FakeClock()
+    minter = CountingMinter(granted=1, clock=clock)  # VideoDB granted far less than asked
     service = _service(minter)
     await service.issue("ada", 900)
-    await asyncio.sleep(0.6)
+    clock.advance(0.5)
     assert (await service.issue("ada", 900)).source == "upstream"
 
 

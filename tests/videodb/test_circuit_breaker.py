@@ -4,6 +4,7 @@ the endpoint, readiness and the metrics say about it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.errors import UpstreamError, UpstreamUnavailable
 from app.sandbox.dev_issuer import DevIssuer
 from app.videodb.circuit_breaker import CircuitBreaker, CircuitOpen
 from tests.conftest import AUDIENCE, TOKEN_PATH, Build, bearer, upstream_ok
+from tests.fakes.clock import FakeClock
 
 
 async def test_an_outage_costs_videodb_few_calls_and_readiness_shows_it(
@@ -22,7 +24,12 @@ async def test_an_outage_costs_videodb_few_calls_and_readiness_shows_it(
     make_settings: Callable[..., Any],
     issuer: DevIssuer,
     network: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    clock = FakeClock()  # the app's breaker is built with it
+    monkeypatch.setattr(
+        "app.videodb.wiring.CircuitBreaker", functools.partial(CircuitBreaker, clock=clock)
+    )
     network["videodb"].mock(return_value=httpx.Response(500))
     client = await app_client(
         make_settings(
@@ -40,7 +47,7 @@ async def test_an_outage_costs_videodb_few_calls_and_readiness_shows_it(
     ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["upstream_circuit"].startswith("open")
-    await asyncio.sleep(1.6)
+    clock.advance(1.5)
     network["videodb"].mock(side_effect=upstream_ok)
     ok = await client.post(TOKEN_PATH, headers=bearer(issuer.mint("after", AUDIENCE)))
     assert ok.status_code == 200
@@ -90,12 +97,18 @@ async def test_unusable_answers_count_as_failures_for_the_breaker_and_the_metric
 
 
 async def test_half_open_lets_exactly_one_probe_through() -> None:
-    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=0.05)
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=15, clock=clock)
     with pytest.raises(UpstreamUnavailable):
         async with breaker.guard():
             raise UpstreamUnavailable("down", 1)
     assert _state(breaker) == "open"
-    await asyncio.sleep(0.06)
+    clock.advance(14.9)
+    with pytest.raises(CircuitOpen) as held:
+        async with breaker.guard():
+            pass
+    assert held.value.retry_after == 1  # the seconds left, rounded up
+    clock.advance(0.1)
     assert _state(breaker) == "half_open"
     probe_started = asyncio.Event()
     release = asyncio.Event()
@@ -116,7 +129,8 @@ async def test_half_open_lets_exactly_one_probe_through() -> None:
 
 
 async def test_a_failed_probe_reopens_and_other_errors_do_not_count() -> None:
-    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=0.05)
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=15, clock=clock)
     for _ in range(5):
         with pytest.raises(UpstreamError):
             async with breaker.guard():
@@ -126,10 +140,12 @@ async def test_a_failed_probe_reopens_and_other_errors_do_not_count() -> None:
         with pytest.raises(UpstreamUnavailable):
             async with breaker.guard():
                 raise UpstreamUnavailable("down", 1)
-    await asyncio.sleep(0.06)
+    clock.advance(15)
     with pytest.raises(UpstreamUnavailable):
         async with breaker.guard():
             raise UpstreamUnavailable("still down", 1)
+    assert _state(breaker) == "open"
+    clock.advance(14.9)  # a full reset interval again, counted from the failed probe
     assert _state(breaker) == "open"
 
 
