@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -29,7 +29,14 @@ HS_SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 APP_ORIGIN = "https://app.example.com"
 
 SettingsFactory = Callable[..., Settings]
-Build = Callable[..., Any]  # the app_client fixture: settings in, a client of a started app out
+
+
+class Build(Protocol):
+    """The app_client fixture: settings in, a client of the started app out."""
+
+    async def __call__(
+        self, settings: Settings | None = None, wait_ready: bool = True
+    ) -> httpx.AsyncClient: ...
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +122,7 @@ async def _ready(client: httpx.AsyncClient) -> None:
 @pytest.fixture
 async def app_client(
     make_settings: SettingsFactory, network: respx.MockRouter
-) -> AsyncIterator[Callable[..., Any]]:
+) -> AsyncIterator[Build]:
     """Build the app with given settings, run its lifespan, return an httpx client to it."""
     stack: list[LifespanManager] = []
     clients: list[httpx.AsyncClient] = []

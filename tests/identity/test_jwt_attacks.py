@@ -133,7 +133,7 @@ async def test_every_attack_is_refused_and_videodb_never_called(
     client = await app_client()
     attacks = _attacks(issuer)
     for name, token in attacks.items():
-        raw_header = {"Authorization": f"Bearer {token}".encode()}
+        raw_header = {b"Authorization": f"Bearer {token}".encode()}
         resp = await client.post(TOKEN_PATH, headers=raw_header)
         assert resp.status_code == 401, name
         problem = resp.json()
