@@ -7,9 +7,9 @@ import json
 import time
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
+
+from app.sandbox.dev_issuer import SigningKey
 
 
 def b64(data: bytes) -> str:
@@ -32,22 +32,12 @@ def claims_for(audience: str, issuer: str, subject: str = "victim", **extra: Any
 
 def attacker_rsa_pem() -> str:
     """A private key the attacker owns."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    return SigningKey("RS256").pem
 
 
 def attacker_ec_pem() -> str:
     """An EC private key the attacker owns."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    return SigningKey("ES256").pem
 
 
 def sign(claims: dict[str, Any], pem: str, alg: str = "RS256", **headers: Any) -> str:

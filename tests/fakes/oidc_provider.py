@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.sandbox.dev_issuer import SigningKey
 from tests.fakes.broker_process import REPO, free_port
-from tests.fakes.provider_keys import ProviderKey
 
 SOURCE = REPO / "tests" / "fakes" / "node_oidc_provider"
 INSTALLED = REPO / ".cache" / "oidc-provider"
@@ -50,7 +50,7 @@ class OidcProvider:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self._dir = Path(tempfile.mkdtemp(prefix="oidc-provider-"))
         self._proc: subprocess.Popen[bytes] | None = None
-        self.key = ProviderKey("RS256", "before-rotation")
+        self.key = SigningKey("RS256", "before-rotation")
 
     def start(self) -> OidcProvider:
         """Start with the current key; wait until its discovery document answers."""
@@ -98,7 +98,7 @@ class OidcProvider:
     def rotate(self) -> None:
         """Restart with a new signing key only: the old one is gone from its JWKS."""
         self.stop()
-        self.key = ProviderKey("RS256", "after-rotation")
+        self.key = SigningKey("RS256", "after-rotation")
         self.start()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
 
 from app.identity.jwt import (
@@ -22,29 +22,19 @@ from app.identity.jwt import (
     read_header,
     select_key,
 )
+from app.sandbox.dev_issuer import SigningKey
 
 ALL = frozenset({"RS256", "PS256", "ES256", "ES384"})
 
 
 def _rsa(bits: int = 2048) -> tuple[str, dict[str, Any]]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = jwk.construct(pem, "RS256").public_key().to_dict()
-    return pem, public
+    key = SigningKey("RS256", bits=bits)
+    return key.pem, key.public_jwk()
 
 
-def _ec(curve: ec.EllipticCurve, alg: str) -> tuple[Any, dict[str, Any]]:
-    key = ec.generate_private_key(curve)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return pem, jwk.construct(pem, alg).public_key().to_dict()
+def _ec(alg: str) -> tuple[str, dict[str, Any]]:
+    key = SigningKey(alg)
+    return key.pem, key.public_jwk()
 
 
 def _claims(**extra: Any) -> dict[str, Any]:
@@ -59,8 +49,8 @@ def _verify(token: str, ring: Any, allowed: frozenset[str] = ALL) -> dict[str, A
 
 
 def test_es256_and_es384_tokens_verify_with_the_matching_curve() -> None:
-    pem256, pub256 = _ec(ec.SECP256R1(), "ES256")
-    pem384, pub384 = _ec(ec.SECP384R1(), "ES384")
+    pem256, pub256 = _ec("ES256")
+    pem384, pub384 = _ec("ES384")
     ring, skipped = build_key_ring(
         {"keys": [{**pub256, "kid": "p256"}, {**pub384, "kid": "p384"}]}, ALL
     )

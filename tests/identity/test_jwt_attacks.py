@@ -119,7 +119,7 @@ def _mint_drops_none(monkeypatch: pytest.MonkeyPatch) -> None:
 
         full = jose_jwt.get_unverified_claims(original(self, subject, audience, lifetime))
         full.update(claims)
-        return sign(_clean(full), self._pem, kid=self.kid)
+        return sign(_clean(full), self.key.pem, kid=self.kid)
 
     monkeypatch.setattr(DevIssuer, "mint", mint)
 

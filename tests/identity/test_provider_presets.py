@@ -22,8 +22,8 @@ from app.config import Settings
 from app.errors import InsufficientScope, InvalidToken
 from app.identity.authenticator import Authenticator
 from app.identity.providers import IdentityProviders
+from app.sandbox.dev_issuer import SigningKey
 from tests.conftest import API_KEY, VIDEODB
-from tests.fakes.provider_keys import ProviderKey
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "identity-providers.md"
 
@@ -321,11 +321,11 @@ def _request(token: str) -> Request:
 @pytest.fixture
 async def served(
     request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[Authenticator, str, ProviderKey]]:
+) -> AsyncIterator[tuple[Authenticator, str, SigningKey]]:
     """The preset named by the parameter, its keys served at the transport, ready."""
     name: str = request.param
     preset = PRESETS[name]
-    key = ProviderKey(SHAPES[name].alg)
+    key = SigningKey(SHAPES[name].alg)
     values: dict[str, Any] = {
         "videodb_api_key": API_KEY,
         "videodb_api": VIDEODB,
@@ -357,7 +357,7 @@ async def served(
 
 @pytest.mark.parametrize("served", sorted(SHAPES), indirect=True)
 async def test_the_documented_settings_accept_the_providers_tokens_and_refuse_neighbours(
-    served: tuple[Authenticator, str, ProviderKey],
+    served: tuple[Authenticator, str, SigningKey],
 ) -> None:
     authenticator, name, key = served
     shape, preset = SHAPES[name], PRESETS[name]

@@ -12,8 +12,8 @@ import pytest
 import respx
 
 from app.config import Settings
+from app.sandbox.dev_issuer import SigningKey
 from tests.conftest import API_KEY, TOKEN_PATH, VIDEODB, Build, bearer
-from tests.fakes.provider_keys import ProviderKey
 
 WEB = "https://web.idp.test"
 DESKTOP = "https://desktop.idp.test"
@@ -32,9 +32,9 @@ class Providers:
 
     def __init__(self, network: respx.MockRouter) -> None:
         self.keys = {
-            "web": ProviderKey("RS256", "web-1"),
-            "desktop": ProviderKey("ES256", "desktop-1"),
-            "cognito": ProviderKey("RS256", "cognito-1"),
+            "web": SigningKey("RS256", "web-1"),
+            "desktop": SigningKey("ES256", "desktop-1"),
+            "cognito": SigningKey("RS256", "cognito-1"),
         }
         self.down: set[str] = set()
         self.routes = {
@@ -137,7 +137,7 @@ async def test_an_issuer_that_names_no_provider_is_refused_without_a_key_fetch(
 ) -> None:
     client = await app_client(idps.settings())
     before = idps.fetches()
-    stranger = ProviderKey("RS256", "web-1")  # even reusing a known kid
+    stranger = SigningKey("RS256", "web-1")  # even reusing a known kid
     for claims in (
         _claims("https://evil.test", aud=API),
         _claims(WEB + "/", aud=API),  # issuers match exactly: no trailing-slash leniency
@@ -179,7 +179,7 @@ async def test_each_provider_applies_its_own_rules(app_client: Build, idps: Prov
     assert await status(idps.desktop(scope="openid")) == 403
     assert await status(idps.web(scope="openid")) == 200
     # desktop allows ES256 only: its own kid, signed RS256 by a key it never published
-    assert await status(ProviderKey("RS256", "desktop-1").sign(_claims(DESKTOP, aud=API))) == 401
+    assert await status(SigningKey("RS256", "desktop-1").sign(_claims(DESKTOP, aud=API))) == 401
     # Cognito's audience is client_id: an ID token (aud, no client_id) or another app's is 401
     id_token = _claims(COGNITO, aud=COGNITO_CLIENT, token_use="id")
     assert await status(idps.keys["cognito"].sign(id_token)) == 401
@@ -218,7 +218,7 @@ async def test_an_unknown_kid_refetches_only_its_own_providers_keys(
 ) -> None:
     client = await app_client(idps.settings())
     web, desktop = idps.routes["web"].call_count, idps.routes["desktop"].call_count
-    rotated = ProviderKey("RS256", "web-2")
+    rotated = SigningKey("RS256", "web-2")
     for _ in range(3):  # the cool-down holds too: one refetch for the three
         token = rotated.sign(_claims(WEB, aud=API))
         assert (await client.post(TOKEN_PATH, headers=bearer(token))).status_code == 401
@@ -229,7 +229,7 @@ async def test_an_unknown_kid_refetches_only_its_own_providers_keys(
 async def test_refusals_are_counted_by_provider(app_client: Build, idps: Providers) -> None:
     client = await app_client(idps.settings())
     await client.post(TOKEN_PATH, headers=bearer(idps.desktop(scope="openid")))
-    await client.post(TOKEN_PATH, headers=bearer(ProviderKey().sign(_claims("https://x.test"))))
+    await client.post(TOKEN_PATH, headers=bearer(SigningKey().sign(_claims("https://x.test"))))
     text = (await client.get("/metrics")).text
     assert 'broker_identity_failures_total{provider="desktop",reason="scope"}' in text
     assert 'broker_identity_failures_total{provider="none",reason="issuer"}' in text

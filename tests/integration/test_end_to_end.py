@@ -117,8 +117,8 @@ def test_jwt_attacks_over_http_never_reach_videodb_or_the_attacker(
         claims = claims_for(AUDIENCE, idp.issuer_url)
         genuine_kid = idp.issuers[0].kid
         tokens = {
-            "jku": sign(claims, evil._pem, kid=evil.kid, jku=attacker_server.url + "/jwks.json"),
-            "x5u": sign(claims, evil._pem, kid=evil.kid, x5u=attacker_server.url + "/cert"),
+            "jku": sign(claims, evil.key.pem, kid=evil.kid, jku=attacker_server.url + "/jwks.json"),
+            "x5u": sign(claims, evil.key.pem, kid=evil.kid, x5u=attacker_server.url + "/cert"),
             "forged_known_kid": sign(claims, attacker_rsa_pem(), kid=genuine_kid),
             "other_issuer": evil.mint("victim", AUDIENCE),
             "expired": idp.issuers[0].mint("victim", AUDIENCE, lifetime=-600),
