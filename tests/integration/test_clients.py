@@ -760,12 +760,13 @@ def test_desktop_program_rides_out_a_broker_restart(
         sys.executable,
         str(REPO / "examples" / "desktop" / "capture_app.py"),
         *("--broker", restartable_broker.url),
-        *("--expires-in", "6", "--margin", "3", "--run-for", "40"),
+        # bounds against a hang only: the test ends the app as soon as it has its second token
+        *("--expires-in", "6", "--margin", "3", "--run-for", "180"),
     ]
     events: list[dict[str, object]] = []
     env = clean_env(ID_TOKEN=bearer)
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as app:
-        watchdog = threading.Timer(40, app.kill)
+        watchdog = threading.Timer(180, app.kill)
         watchdog.start()
         try:
             assert app.stdout is not None
