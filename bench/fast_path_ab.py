@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.main import create_app
+from app.sandbox.stand_in_videodb import token_answer
 from app.web.token_endpoint import TOKEN_PATH
 
 SECRET = "bench-shared-secret-of-at-least-32-bytes"
@@ -52,7 +53,7 @@ async def _per_hit_us(variant: str) -> float:
         {"sub": "u", "aud": "bench", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
     )
     headers = [(b"host", b"b"), (b"authorization", f"Bearer {bearer}".encode())]
-    answer = {"success": True, "data": {"token": "st-bench", "expires_in": 900}}
+    answer = token_answer(900)
     with respx.mock(assert_all_called=False, using="httpx") as router:
         router.post("https://videodb.bench/capture/session/token").mock(
             return_value=httpx.Response(200, json=answer)

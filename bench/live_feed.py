@@ -28,7 +28,7 @@ import httpx
 from app.sandbox.dev_issuer import DevIssuer
 from app.sandbox.live_plane import LivePlane, StandInSocket
 from app.sandbox.loopback import base_url, bind_loopback, server_for
-from app.sandbox.stand_in_videodb import stand_in_videodb
+from app.sandbox.stand_in_videodb import StandInVideoDB
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = int(os.environ.get("BENCH_LIVE_EVENTS", "400"))
@@ -172,10 +172,9 @@ def _summary(name: str, values: list[float]) -> str:
 
 
 async def main() -> None:
-    sessions: dict[str, dict[str, object]] = {}
     socket = StandInSocket()
     await socket.start()
-    plane = LivePlane(stand_in_videodb(API_KEY, sessions), API_KEY, sessions, socket)
+    plane = LivePlane(StandInVideoDB(API_KEY), socket)
     issuer_sock, videodb_sock = bind_loopback(), bind_loopback()
     issuer = DevIssuer(issuer=base_url(issuer_sock))
     servers = [server_for(issuer.asgi_app()), server_for(plane)]

@@ -39,14 +39,15 @@ import httpx
 from jose import jwt
 
 from app.sandbox.dev_issuer import DevIssuer
+from app.videodb.client import UPSTREAM_TOKEN_PATH
+from app.web.token_endpoint import TOKEN_PATH
 from bench.tracing_cost import VARIANTS, tracing_cost
-from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
-from tests.fakes.servers import ThreadedServer
+from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
+from harness.servers import ThreadedServer
 
 API_KEY = "sk-bench-0123456789abcdef"
 AUDIENCE = "bench"
 HS_SECRET = "bench-shared-secret-of-at-least-32-bytes"
-PATH = "/v1/capture/session/token"
 CONNECTIONS = 32
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 ROUND_SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
@@ -119,7 +120,7 @@ def start_videodb() -> tuple[subprocess.Popen[bytes], str]:
     """The 20 ms stand-in in its own process, so it never waits for this one's GIL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.stand_ins", str(port)],
+        [sys.executable, "-m", "bench.stand_ins", str(port), API_KEY],
         cwd=REPO,
         env={**clean_env(), "PYTHONPATH": str(REPO)},
     )
@@ -154,7 +155,7 @@ def start_bare(app: str = "bench.bare_app:app", **env: str) -> tuple[subprocess.
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
-            httpx.post(url + PATH, timeout=1)
+            httpx.post(url + TOKEN_PATH, timeout=1)
             return proc, url
         except httpx.HTTPError:
             time.sleep(0.05)
@@ -177,15 +178,17 @@ def cache_hit_ratio(
             )
             brokers = [broker] if before is None else [broker, before]
             for each in brokers:
-                httpx.post(each.url + PATH, headers={"Authorization": f"Bearer {bearer}"}, json={})
-                wrk(each.url + PATH, script)  # warm-up, not counted
-            wrk(bare_url + PATH, script)
+                httpx.post(
+                    each.url + TOKEN_PATH, headers={"Authorization": f"Bearer {bearer}"}, json={}
+                )
+                wrk(each.url + TOKEN_PATH, script)  # warm-up, not counted
+            wrk(bare_url + TOKEN_PATH, script)
             broker_runs, bare_runs, before_runs = [], [], []
             for _ in range(ROUNDS):
-                broker_runs.append(wrk(broker.url + PATH, script))
-                bare_runs.append(wrk(bare_url + PATH, script))
+                broker_runs.append(wrk(broker.url + TOKEN_PATH, script))
+                bare_runs.append(wrk(bare_url + TOKEN_PATH, script))
                 if before is not None:
-                    before_runs.append(wrk(before.url + PATH, script))
+                    before_runs.append(wrk(before.url + TOKEN_PATH, script))
     finally:
         bare.terminate()
         bare.wait()
@@ -242,7 +245,7 @@ def _direct(videodb_url: str) -> Callable[[httpx.Client, int], httpx.Response]:
 
     def call(client: httpx.Client, i: int) -> httpx.Response:
         return client.post(
-            videodb_url + "/capture/session/token",
+            videodb_url + UPSTREAM_TOKEN_PATH,
             json={"user_id": f"d{i}", "expires_in": 900},
             headers={"x-access-token": API_KEY},
         )
@@ -251,7 +254,7 @@ def _direct(videodb_url: str) -> Callable[[httpx.Client, int], httpx.Response]:
 
 
 def _post(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
-    return lambda client, _: client.post(url + PATH)
+    return lambda client, _: client.post(url + TOKEN_PATH)
 
 
 def cache_miss_overhead(
@@ -268,7 +271,9 @@ def cache_miss_overhead(
     floor, floor_url = start_bare("bench.hop_forwarders:raw_app", **upstream)
 
     def via_broker(client: httpx.Client, i: int) -> httpx.Response:
-        return client.post(broker.url + PATH, headers={"Authorization": f"Bearer {bearers[i]}"})
+        return client.post(
+            broker.url + TOKEN_PATH, headers={"Authorization": f"Bearer {bearers[i]}"}
+        )
 
     try:
         times = _interleaved(
@@ -383,13 +388,13 @@ def cache_miss_under_load(
             )
             bare = _wrk_lua(directory, "bare.lua", "{}", {"Content-Type": "application/json"})
             targets = {
-                "direct": (videodb_url + "/capture/session/token", direct),
-                "broker": (broker.url + PATH, users),
-                "proxy": (proxy_url + PATH, bare),
+                "direct": (videodb_url + UPSTREAM_TOKEN_PATH, direct),
+                "broker": (broker.url + TOKEN_PATH, users),
+                "proxy": (proxy_url + TOKEN_PATH, bare),
             }
             processes = {"broker": broker}
             if before is not None:
-                targets["before"] = (before.url + PATH, users)
+                targets["before"] = (before.url + TOKEN_PATH, users)
                 processes["before"] = before
             for turn in range(LOAD_ROUNDS + 1):  # the first round warms up and is not counted
                 names = list(targets)
@@ -472,7 +477,7 @@ async def _concurrent(url: str, bearers: list[str]) -> list[int]:
     try:
         responses = await asyncio.gather(
             *(
-                clients[i % 10].post(url + PATH, headers={"Authorization": f"Bearer {b}"})
+                clients[i % 10].post(url + TOKEN_PATH, headers={"Authorization": f"Bearer {b}"})
                 for i, b in enumerate(bearers)
             )
         )
@@ -538,10 +543,10 @@ async def _drive_users(url: str, start: int, stop: int) -> None:
             )
             headers = {"Authorization": f"Bearer {token}"}
             try:
-                resp = await client.post(url + PATH, headers=headers)
+                resp = await client.post(url + TOKEN_PATH, headers=headers)
             except (httpx.ReadError, httpx.RemoteProtocolError):
                 # a keep-alive connection closed by the server as we reused it: once more
-                resp = await client.post(url + PATH, headers=headers)
+                resp = await client.post(url + TOKEN_PATH, headers=headers)
             if resp.status_code != 200:
                 raise SystemExit(f"memory run: HTTP {resp.status_code}: {resp.text}")
 
@@ -682,7 +687,7 @@ def report_hit(broker: BrokerProcess, issuer: DevIssuer, before: BrokerProcess |
 def report_tracing(settings: dict[str, str], issuer: DevIssuer) -> None:
     """Figure 5: a cache hit's throughput with tracing off, on, and on at 10 %."""
     bearer = issuer.mint("traced-user", AUDIENCE, lifetime=86400)
-    figures = tracing_cost(settings, bearer, PATH, ROUNDS, wrk, _wrk_lua)
+    figures = tracing_cost(settings, bearer, TOKEN_PATH, ROUNDS, wrk, _wrk_lua)
     print(
         f"5. tracing, cache hits, {CONNECTIONS} connections, median of {ROUNDS} alternating "
         f"{ROUND_SECONDS}s rounds (OTLP/HTTP to a receiver on loopback)"

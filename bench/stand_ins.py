@@ -1,73 +1,54 @@
-"""The benchmark's neighbours: a VideoDB that answers in 20 ms and counts calls, and a JWKS."""
+"""The benchmark's VideoDB: the sandbox's stand-in answering in 20 ms, its calls counted.
+
+`python -m bench.stand_ins PORT API_KEY` serves it in a process of its own (so that it never
+waits for the benchmark's GIL), with GET /calls (token calls since the last reset) and
+POST /reset beside VideoDB's paths.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import time
-from typing import Any
+import sys
 
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from app.videodb.client import UPSTREAM_TOKEN_PATH
 
 UPSTREAM_DELAY_S = 0.020
 
 
-class SlowVideoDB:
-    """VideoDB's token endpoint with a fixed service time."""
+class CountedVideoDB:
+    """The stand-in with a fixed service time, keeping no call (a count is all it needs)."""
 
-    def __init__(self, delay: float = UPSTREAM_DELAY_S) -> None:
-        self.delay = delay
+    def __init__(self, api_key: str, delay: float = UPSTREAM_DELAY_S) -> None:
+        self.videodb = StandInVideoDB(api_key, delay=delay, keep_calls=False)
         self.calls = 0
-        self._ids = itertools.count()
 
-    def app(self) -> Starlette:
-        async def create(request: Request) -> JSONResponse:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
+        if path in ("/calls", "/reset"):
+            if path == "/reset":
+                self.calls = 0
+            await JSONResponse({"calls": self.calls})(scope, receive, send)
+            return
+        if path == UPSTREAM_TOKEN_PATH:
             self.calls += 1
-            body: dict[str, Any] = await request.json()
-            await asyncio.sleep(self.delay)
-            ttl = int(body.get("expires_in", 900))
-            return JSONResponse(
-                {
-                    "success": True,
-                    "data": {
-                        "token": f"st-bench-{next(self._ids):012d}",
-                        "expires_at": time.time() + ttl,
-                        "expires_in": ttl,
-                    },
-                }
-            )
-
-        async def calls(_: Request) -> JSONResponse:
-            return JSONResponse({"calls": self.calls})
-
-        async def reset(_: Request) -> JSONResponse:
-            self.calls = 0
-            return JSONResponse({"calls": 0})
-
-        return Starlette(
-            routes=[
-                Route("/capture/session/token", create, methods=["POST"]),
-                Route("/calls", calls),
-                Route("/reset", reset, methods=["POST"]),
-            ]
-        )
+        await self.videodb(scope, receive, send)
 
 
 def main() -> None:
-    """Serve the slow VideoDB in its own process (python -m bench.stand_ins PORT)."""
-    import sys
-
+    """Serve it on 127.0.0.1:PORT."""
     import uvicorn
 
+    port, api_key = int(sys.argv[1]), sys.argv[2]
     uvicorn.run(
-        SlowVideoDB().app(),
+        CountedVideoDB(api_key),
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=port,
         log_level="warning",
         access_log=False,
+        lifespan="off",
     )
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.fakes.broker_process import BrokerProcess
-from tests.fakes.otlp_receiver import OtlpReceiver
-from tests.fakes.servers import ThreadedServer
+from harness.broker_process import BrokerProcess
+from harness.otlp_receiver import OtlpReceiver
+from harness.servers import ThreadedServer
 
 VARIANTS: dict[str, dict[str, str]] = {
     "off": {},

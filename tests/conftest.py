@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from app.config import Settings
 from app.infra.redis_state import SharedState
 from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
+from app.sandbox.stand_in_videodb import token_answer
 from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
 from tests.fakes.redis_server import RedisServer
 
@@ -74,24 +76,9 @@ def make_settings() -> SettingsFactory:
 
 
 def upstream_ok(request: httpx.Request) -> httpx.Response:
-    """VideoDB as documented: a fresh st- token for the asked lifetime."""
-    import json
-    import secrets
-    import time
-
-    body = json.loads(request.content)
-    ttl = body["expires_in"]
-    return httpx.Response(
-        200,
-        json={
-            "success": True,
-            "data": {
-                "token": "st-" + secrets.token_hex(12),
-                "expires_at": time.time() + ttl,
-                "expires_in": ttl,
-            },
-        },
-    )
+    """VideoDB as documented: a fresh st- token for the asked lifetime, as the stand-in
+    answers it."""
+    return httpx.Response(200, json=token_answer(json.loads(request.content)["expires_in"]))
 
 
 @pytest.fixture

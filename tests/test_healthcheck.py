@@ -12,8 +12,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app import healthcheck
-from tests.fakes.broker_process import free_port
-from tests.fakes.servers import ThreadedServer
+from harness.broker_process import free_port
+from harness.servers import ThreadedServer
 from tests.fakes.tls import self_signed_certificate
 
 

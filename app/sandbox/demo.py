@@ -17,7 +17,7 @@ from app.config import Settings
 from app.sandbox.dev_issuer import DevIssuer
 from app.sandbox.live_plane import LivePlane, StandInSocket
 from app.sandbox.loopback import base_url, bind_loopback, server_for
-from app.sandbox.stand_in_videodb import stand_in_videodb
+from app.sandbox.stand_in_videodb import StandInVideoDB
 from app.server.protocol import SERVER_OPTIONS
 
 DEMO_AUDIENCE = "videodb-token-broker-demo"
@@ -184,10 +184,9 @@ async def run_demo(port: int, providers: int = 1) -> None:
     )
     bearers = [i.mint(DEMO_USER, DEMO_AUDIENCE, lifetime=86400) for i in issuers]
 
-    sessions: dict[str, dict[str, Any]] = {}
     socket = StandInSocket()
     await socket.start()
-    videodb = LivePlane(stand_in_videodb(api_key, sessions), api_key, sessions, socket, True)
+    videodb = LivePlane(StandInVideoDB(api_key), socket, autoplay=True)
     stand_ins = [server_for(videodb)]
     stand_ins += [server_for(issuer.asgi_app()) for issuer in issuers]
     sockets = [videodb_sock, *issuer_socks]

@@ -13,14 +13,15 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from websockets.asyncio.server import Server, ServerConnection, serve
+
+from app.sandbox.stand_in_videodb import StandInVideoDB
 
 STREAMS = [
     {"rtstream_id": "rts-mic-1", "channel_id": "mic", "name": "mic"},
@@ -73,19 +74,14 @@ class StandInSocket:
 
 
 class LivePlane:
-    """The stand-in VideoDB (`inner`) with its live plane in front."""
+    """The stand-in VideoDB with its live plane in front."""
 
     def __init__(
-        self,
-        inner: ASGIApp,
-        api_key: str,
-        sessions: MutableMapping[str, dict[str, Any]],
-        socket: StandInSocket,
-        autoplay: bool = False,
+        self, videodb: StandInVideoDB, socket: StandInSocket, autoplay: bool = False
     ) -> None:
-        self.inner = inner
-        self.api_key = api_key
-        self.sessions = sessions
+        self.videodb = videodb
+        self.api_key = videodb.api_key
+        self.sessions = videodb.sessions
         self.socket = socket
         self.autoplay = autoplay
         self.step_calls: list[tuple[str, dict[str, Any]]] = []
@@ -110,7 +106,7 @@ class LivePlane:
             await response(scope, receive, send)
             return
         known = set(self.sessions)
-        await self.inner(scope, receive, send)
+        await self.videodb(scope, receive, send)
         if self.autoplay:
             for session_id in set(self.sessions) - known:
                 task = asyncio.create_task(self._play(session_id))

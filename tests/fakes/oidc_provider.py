@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.sandbox.dev_issuer import SigningKey
-from tests.fakes.broker_process import REPO, free_port
+from harness.broker_process import REPO, free_port
 
 SOURCE = REPO / "tests" / "fakes" / "node_oidc_provider"
 INSTALLED = REPO / ".cache" / "oidc-provider"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.fakes.broker_process import REPO, free_port
+from harness.broker_process import REPO, free_port
 from tests.fakes.redis_server import require_binary
 
 UPSTREAM_SPECS = REPO.parent / "shared" / "upstream"

@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from tests.fakes.broker_process import free_port
+from harness.broker_process import free_port
 
 
 def require_binary(name: str) -> str:

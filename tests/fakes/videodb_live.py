@@ -1,6 +1,6 @@
-"""The sandbox's live plane (app/sandbox/live_plane.py) around the tests' stand-in VideoDB,
-with its WebSocket server on an event loop of its own thread, so that tests can push
-messages and count connections from outside."""
+"""The sandbox's live plane (app/sandbox/live_plane.py) around the stand-in VideoDB, with its
+WebSocket server on an event loop of its own thread, so that tests can push messages and
+count connections from outside."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import httpx
 
 from app.sandbox.live_plane import LivePlane, StandInSocket
-from tests.fakes.videodb import FakeVideoDB
+from app.sandbox.stand_in_videodb import StandInVideoDB
 
 
 class ThreadedSocket:
@@ -48,10 +48,10 @@ class ThreadedSocket:
 
 
 class FakeLiveVideoDB(LivePlane):
-    """The live plane over the tests' stand-in, driven from the test's thread."""
+    """The live plane over the stand-in, driven from the test's thread."""
 
-    def __init__(self, base: FakeVideoDB, socket: ThreadedSocket) -> None:
-        super().__init__(base, base.api_key, base.sessions, socket.inner)
+    def __init__(self, base: StandInVideoDB, socket: ThreadedSocket) -> None:
+        super().__init__(base, socket.inner)
         self.base = base
         self.threaded_socket = socket
 
@@ -63,7 +63,7 @@ class FakeLiveVideoDB(LivePlane):
 
 
 @contextmanager
-def live_plane(base: FakeVideoDB) -> Iterator[FakeLiveVideoDB]:
+def live_plane(base: StandInVideoDB) -> Iterator[FakeLiveVideoDB]:
     """The live plane around `base`, its WebSocket server stopped at the end."""
     socket = ThreadedSocket()
     try:

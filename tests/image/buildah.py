@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.broker_process import REPO
+from harness.broker_process import REPO
 from tests.fakes.redis_server import require_binary
 
 BASE_IMAGE = "localhost/videodb-token-broker-base:bookworm-py311"

@@ -25,11 +25,11 @@ import pytest
 import yaml
 from jose import jwt
 
-from tests.fakes.broker_process import REPO, free_port
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import REPO, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.servers import ThreadedServer
 from tests.fakes.tls import self_signed_certificate
-from tests.fakes.videodb import FakeVideoDB
 from tests.image.buildah import (
     Container,
     build_context,
@@ -108,7 +108,7 @@ def test_serve_configured_by_the_environment_mints_and_stops_on_sigterm(
     container: Container,
     image: str,
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
 ) -> None:
     fake, server = videodb_server
     fake.reset()
@@ -142,7 +142,7 @@ def test_serve_configured_by_the_environment_mints_and_stops_on_sigterm(
 def test_secrets_mounted_as_files_and_tls_terminated_in_the_container(
     container: Container,
     image: str,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     tmp_path: Path,
 ) -> None:
     """As the Kubernetes manifests run it: the key, the shared secret and the certificate

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.sandbox.stand_in_videodb import StandInVideoDB
 from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
-from tests.fakes.broker_process import BrokerProcess
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 
 API_KEY = "sk-integration-0123456789abcdef"
 AUDIENCE = "integration-tests"
@@ -46,16 +46,16 @@ def idp() -> Iterator[FakeIdentityProvider]:
 
 
 @pytest.fixture(scope="module")
-def videodb_server() -> Iterator[tuple[FakeVideoDB, ThreadedServer]]:
+def videodb_server() -> Iterator[tuple[StandInVideoDB, ThreadedServer]]:
     """A stand-in VideoDB over HTTP."""
-    fake = FakeVideoDB(api_key=API_KEY)
+    fake = StandInVideoDB(api_key=API_KEY)
     server = ThreadedServer(fake).start()
     yield fake, server
     server.stop()
 
 
 @pytest.fixture
-def videodb(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> FakeVideoDB:
+def videodb(videodb_server: tuple[StandInVideoDB, ThreadedServer]) -> StandInVideoDB:
     """The stand-in, healthy and with no calls recorded."""
     fake, _ = videodb_server
     fake.reset()
@@ -81,7 +81,7 @@ def broker_settings(idp: FakeIdentityProvider, videodb_url: str, **extra: str) -
 
 @pytest.fixture(scope="module")
 def broker(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> Iterator[BrokerProcess]:
     """One broker process for the module; on teardown its logs must hold no secret."""
     _, server = videodb_server

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.broker_process import REPO
+from harness.broker_process import REPO
 
 JS_DIR = REPO / "clients" / "js"
 INSTALL_HINT = "clients/js is not installed: npm ci --prefix clients/js"

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.broker_process import BrokerProcess
 from tests.fakes.broken_http import BrokenHTTPServer
-from tests.fakes.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.integration.conftest import (
     API_KEY,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.broker_process import REPO, clean_env, free_port
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import REPO, clean_env, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
-from tests.fakes.servers import ThreadedServer
 from tests.fakes.tls import self_signed_certificate
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import API_KEY, assert_no_secret_in, broker_settings
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def stand_ins(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> dict[str, str]:
     """Settings wiring the broker to the stand-ins: every live check passes."""
     fake, server = videodb_server
@@ -63,7 +63,7 @@ def stand_ins(
 def test_check_takes_no_network_and_live_proves_each_neighbour(
     stand_ins: dict[str, str],
     redis_server: RedisServer,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
 ) -> None:
     settings = {**stand_ins, "BROKER_REDIS_URL": redis_server.url}
     fake, _ = videodb_server

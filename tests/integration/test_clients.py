@@ -19,11 +19,11 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
+from app.sandbox.stand_in_videodb import StandInVideoDB as FakeVideoDB
+from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import require_binary
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.fakes.videodb_live import FakeLiveVideoDB, live_plane
 from tests.integration.conftest import API_KEY, AUDIENCE, broker_settings
 from tests.integration.js_package import built_package, node

@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.servers import ThreadedServer
 from tests.fakes.tls import self_signed_certificate
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import API_KEY, AUDIENCE, TOKEN_PATH, broker_settings
 
 pytestmark = pytest.mark.integration
@@ -71,7 +71,7 @@ def test_bad_configuration_stops_with_one_clear_line(command: list[str]) -> None
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> None:
     fake, server = videodb_server
     fake.reset()
@@ -204,7 +204,7 @@ def test_demo_with_two_providers_prints_a_working_line_for_each() -> None:
 
 def test_serve_terminates_tls_itself_and_sends_hsts(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     tmp_path: Path,
 ) -> None:
     cert, key = self_signed_certificate(tmp_path)
@@ -266,7 +266,7 @@ def _handshakes(
 
 
 def test_metrics_add_up_across_workers(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> None:
     _, server = videodb_server
     process = BrokerProcess(broker_settings(idp, server.url), args=("--workers", "2"))

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from app.sandbox.dev_issuer import DevIssuer
-from tests.fakes.broker_process import BrokerProcess
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.forge import attacker_rsa_pem, claims_for, sign
 from tests.integration.conftest import (
     API_KEY,
@@ -35,7 +35,7 @@ def _bearer(idp: FakeIdentityProvider, user: str | None = None) -> dict[str, str
 
 
 def test_desktop_app_gets_a_token_over_http(
-    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: StandInVideoDB
 ) -> None:
     resp = httpx.post(
         broker.url + TOKEN_PATH, json={"expires_in": 600}, headers=_bearer(idp, "user-1")
@@ -54,7 +54,7 @@ def test_desktop_app_gets_a_token_over_http(
 
 
 def test_log_lines_carry_request_ids_and_only_fingerprints(
-    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: StandInVideoDB
 ) -> None:
     resp = httpx.post(broker.url + TOKEN_PATH, headers=_bearer(idp, "log-user"))
     request_id = resp.headers["x-request-id"]
@@ -94,7 +94,7 @@ def test_browser_preflight_and_cors_for_allowed_origin_only(broker: BrokerProces
 
 
 def test_cors_headers_on_an_allowed_simple_response(
-    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: StandInVideoDB
 ) -> None:
     resp = httpx.post(broker.url + TOKEN_PATH, headers={**_bearer(idp), "Origin": APP_ORIGIN})
     assert resp.status_code == 200
@@ -106,7 +106,7 @@ def test_cors_headers_on_an_allowed_simple_response(
 
 
 def test_jwt_attacks_over_http_never_reach_videodb_or_the_attacker(
-    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: StandInVideoDB
 ) -> None:
     attacker_idp = FakeIdentityProvider()
     attacker_server = ThreadedServer(attacker_idp)
@@ -150,7 +150,7 @@ def test_jwt_attacks_over_http_never_reach_videodb_or_the_attacker(
 def test_videodb_failures_become_contract_problems(
     broker: BrokerProcess,
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
+    videodb: StandInVideoDB,
     fault: str,
     retry_after: str | None,
     status: int,
@@ -168,7 +168,7 @@ def test_videodb_failures_become_contract_problems(
 
 
 def test_slow_videodb_times_out_within_the_deadline(
-    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: StandInVideoDB
 ) -> None:
     videodb.delay = 3.0
     started = time.monotonic()
@@ -180,7 +180,7 @@ def test_slow_videodb_times_out_within_the_deadline(
 
 
 def test_videodb_down_then_recovering(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> None:
     fake, _ = videodb_server
     fake.reset()
@@ -207,7 +207,7 @@ def test_videodb_down_then_recovering(
 
 @pytest.mark.parametrize("fault", ["down", "odd_types", "nested", "bad_jwks_uri"])
 def test_identity_provider_down_at_start_then_up(
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], fault: str
+    videodb_server: tuple[StandInVideoDB, ThreadedServer], fault: str
 ) -> None:
     """Whatever is wrong with the provider's answers, the broker fails closed (401, never a
     500), says why in /readyz and its log, retries within seconds, recovers by itself once
@@ -245,7 +245,7 @@ def test_identity_provider_down_at_start_then_up(
 
 @pytest.fixture
 def own_idp(
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
 ) -> Iterator[tuple[FakeIdentityProvider, DevIssuer, BrokerProcess]]:
     """An identity provider of the test's own with one key, and a broker ready on it."""
     _, videodb_srv = videodb_server
@@ -353,7 +353,7 @@ def test_hsts_only_for_https_seen_through_a_trusted_proxy(broker: BrokerProcess)
 
 
 def test_opentelemetry_settings_in_the_environment_export_nothing(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> None:
     received: list[str] = []
 

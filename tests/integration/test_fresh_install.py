@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.broker_process import REPO
+from harness.broker_process import REPO
 
 pytestmark = pytest.mark.integration
 

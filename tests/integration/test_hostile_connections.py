@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.sandbox.stand_in_videodb import StandInVideoDB
 from app.server.protocol import MAX_HEAD_BYTES, REQUEST_READ_TIMEOUT_S
-from tests.fakes.broker_process import BrokerProcess
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import AUDIENCE, TOKEN_PATH, broker_settings
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ def test_bytes_that_are_not_http_get_a_problem_too(broker: BrokerProcess) -> Non
 
 
 def test_slow_clients_are_cut_off_and_everyone_else_is_served(
-    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: FakeVideoDB
+    broker: BrokerProcess, idp: FakeIdentityProvider, videodb: StandInVideoDB
 ) -> None:
     """Three slow clients at once, each ended when the read timeout runs out."""
     bearer = idp.issuers[-1].mint("patient-user", AUDIENCE)
@@ -245,7 +245,7 @@ def test_a_websocket_upgrade_is_answered_as_plain_http(broker: BrokerProcess) ->
 
 
 def test_idle_connections_close_quietly_after_the_keep_alive(
-    idp: FakeIdentityProvider, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    idp: FakeIdentityProvider, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> None:
     """New or kept-alive, a connection that sends nothing is closed with no answer."""
     _, server = videodb_server

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.oidc_provider import OidcProvider
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import (
     API_KEY,
     TOKEN_PATH,
@@ -67,7 +67,7 @@ def _post(broker: BrokerProcess, token: str) -> httpx.Response:
 def test_three_providers_one_down_forged_tokens_crossing(
     idp: FakeIdentityProvider,
     second_idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
 ) -> None:
     fake, server = videodb_server
     fake.reset()
@@ -111,7 +111,7 @@ def test_three_providers_one_down_forged_tokens_crossing(
 def test_check_reports_each_provider_on_its_own_line(
     idp: FakeIdentityProvider,
     second_idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
 ) -> None:
     _, server = videodb_server
 
@@ -148,7 +148,7 @@ def oidc() -> Iterator[OidcProvider]:
 def test_a_real_openid_provider_found_by_discovery(
     oidc: OidcProvider,
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
 ) -> None:
     fake, server = videodb_server
     fake.reset()

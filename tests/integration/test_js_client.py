@@ -13,9 +13,9 @@ import httpx
 import pytest
 from jose import jwt
 
-from tests.fakes.broker_process import BrokerProcess, free_port
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import BrokerProcess, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.videodb_live import FakeLiveVideoDB, live_plane
 from tests.integration.conftest import API_KEY, TOKEN_PATH, assert_no_secret_in
 from tests.integration.js_package import (
@@ -61,7 +61,7 @@ def _settings(videodb_url: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def js_broker(videodb_server: tuple[FakeVideoDB, ThreadedServer]) -> Iterator[BrokerProcess]:
+def js_broker(videodb_server: tuple[StandInVideoDB, ThreadedServer]) -> Iterator[BrokerProcess]:
     """The broker with live capture off."""
     _, server = videodb_server
     process = BrokerProcess(_settings(server.url)).wait_ready()
@@ -142,7 +142,7 @@ def _id_token(user: str) -> str:
 @pytest.fixture(scope="module")
 def plane() -> Iterator[tuple[FakeLiveVideoDB, ThreadedServer]]:
     """VideoDB's stand-in with its live plane: a real WebSocket, webhooks, export."""
-    with live_plane(FakeVideoDB(api_key=API_KEY)) as live:
+    with live_plane(StandInVideoDB(api_key=API_KEY)) as live:
         server = ThreadedServer(live).start()
         yield live, server
         server.stop()

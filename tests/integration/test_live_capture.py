@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.fakes.broker_process import BrokerProcess, free_port
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import BrokerProcess, free_port
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.fakes.videodb_live import FakeLiveVideoDB, live_plane
 from tests.integration.conftest import API_KEY, AUDIENCE, assert_no_secret_in, broker_settings
 
@@ -34,7 +34,7 @@ SESSIONS = "/v1/capture/sessions"
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[tuple[FakeLiveVideoDB, ThreadedServer]]:
-    fake = FakeVideoDB(api_key=API_KEY)
+    fake = StandInVideoDB(api_key=API_KEY)
     with live_plane(fake) as live:
         server = ThreadedServer(live).start()
         yield live, server

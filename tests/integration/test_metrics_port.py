@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
+from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
 from tests.integration.conftest import API_KEY, AUDIENCE
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.broker_process import BrokerProcess
+from harness.broker_process import BrokerProcess
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.integration.conftest import AUDIENCE
 

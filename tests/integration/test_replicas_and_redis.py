@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from app.sandbox.stand_in_videodb import StandInVideoDB
 from app.tokens.cache import cache_key
-from tests.fakes.broker_process import BrokerProcess
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import AUDIENCE, TOKEN_PATH, assert_no_secret_in, broker_settings
 
 pytestmark = pytest.mark.integration
@@ -44,8 +44,8 @@ def _token(idp: FakeIdentityProvider, user: str) -> dict[str, str]:
 
 def test_two_replicas_share_one_upstream_call_and_the_cache(
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
@@ -79,8 +79,8 @@ def test_two_replicas_share_one_upstream_call_and_the_cache(
 
 def test_limits_are_counted_across_replicas(
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
@@ -99,8 +99,8 @@ def test_limits_are_counted_across_replicas(
 @pytest.mark.parametrize("outage", ["killed", "frozen"])
 def test_redis_lost_mid_run_then_back(
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
     outage: str,
 ) -> None:
@@ -143,8 +143,8 @@ def test_redis_lost_mid_run_then_back(
 
 def test_a_replica_killed_mid_load_loses_no_request_on_the_other(
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
@@ -193,8 +193,8 @@ def test_a_replica_killed_mid_load_loses_no_request_on_the_other(
 
 def test_a_mint_lock_planted_in_redis_costs_at_most_one_lock_lifetime(
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     """Whoever can write to Redis can plant a mint lock and a failure marker that never
@@ -250,8 +250,8 @@ BROKER_ACL = (
 
 def test_the_documented_redis_acl_is_all_the_broker_needs(
     idp: FakeIdentityProvider,
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from jose import jwt
 
-from tests.fakes.broker_process import BrokerProcess
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.redis_server import RedisServer
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import API_KEY, AUDIENCE, TOKEN_PATH, assert_no_secret_in
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def _status(broker: BrokerProcess, headers: dict[str, str]) -> int:
 
 
 def test_a_shared_secret_rotates_without_a_401(
-    videodb: FakeVideoDB, videodb_server: tuple[FakeVideoDB, ThreadedServer]
+    videodb: StandInVideoDB, videodb_server: tuple[StandInVideoDB, ThreadedServer]
 ) -> None:
     _, server = videodb_server
     old, new = _signed_with(OLD_SECRET), _signed_with(NEW_SECRET)
@@ -92,8 +92,8 @@ def _token(broker: BrokerProcess, user: str) -> str:
 
 
 def test_a_redis_encryption_key_rollout_neither_stampedes_nor_overwrites(
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     _, server = videodb_server
@@ -128,8 +128,8 @@ def test_a_redis_encryption_key_rollout_neither_stampedes_nor_overwrites(
 
 
 def test_the_videodb_key_rotates_under_its_own_encryption_key_without_a_cache_miss(
-    videodb: FakeVideoDB,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb: StandInVideoDB,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
     # With BROKER_REDIS_ENCRYPTION_KEY set, Redis's entries no longer hang on the VideoDB key:

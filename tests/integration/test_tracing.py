@@ -15,13 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
+from harness.otlp_receiver import OtlpReceiver
+from harness.servers import ThreadedServer
 from tests.fakes.broken_http import BrokenHTTPServer
-from tests.fakes.broker_process import REPO, BrokerProcess, clean_env, free_port
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.otlp_receiver import OtlpReceiver
 from tests.fakes.redis_server import RedisServer
-from tests.fakes.servers import ThreadedServer
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import (
     API_KEY,
     AUDIENCE,
@@ -74,7 +74,7 @@ def _children(spans: list[dict[str, Any]], parent: dict[str, Any]) -> list[dict[
 
 def test_a_token_request_yields_a_trace_of_where_its_time_went_and_no_secret(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     receiver: tuple[OtlpReceiver, ThreadedServer],
     redis_server: RedisServer,
 ) -> None:
@@ -189,7 +189,7 @@ def _traced_request(
 @pytest.mark.parametrize(("trusted", "continued"), [("127.0.0.1", True), ("10.0.0.0/8", False)])
 def test_an_incoming_traceparent_is_honoured_only_from_a_trusted_proxy(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     receiver: tuple[OtlpReceiver, ThreadedServer],
     trusted: str,
     continued: bool,
@@ -217,7 +217,7 @@ def test_an_incoming_traceparent_is_honoured_only_from_a_trusted_proxy(
 
 def test_the_sampler_decides_first_and_a_trusted_proxys_flag_is_honoured(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     receiver: tuple[OtlpReceiver, ThreadedServer],
 ) -> None:
     """Sampling at 0: a request is traced only when the trusted proxy in front says it is
@@ -248,7 +248,7 @@ def test_the_sampler_decides_first_and_a_trusted_proxys_flag_is_honoured(
 
 def test_with_tracing_off_nothing_is_exported_whatever_otel_variables_say(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     receiver: tuple[OtlpReceiver, ThreadedServer],
 ) -> None:
     _, server = videodb_server
@@ -313,7 +313,7 @@ print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace",
 @pytest.mark.parametrize("trouble", ["down", "refuse", "slow"])
 def test_a_collector_in_trouble_costs_requests_nothing_and_is_logged_once(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     receiver: tuple[OtlpReceiver, ThreadedServer],
     trouble: str,
 ) -> None:
@@ -351,7 +351,7 @@ def test_a_collector_in_trouble_costs_requests_nothing_and_is_logged_once(
 )
 def test_a_collector_that_never_answers_holds_up_shutdown_no_longer_than_the_flush_bound(
     idp: FakeIdentityProvider,
-    videodb_server: tuple[FakeVideoDB, ThreadedServer],
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
     timeout: str | None,
     bound: float,
 ) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes.broker_process import BrokerProcess
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
-from tests.fakes.servers import ThreadedServer
 from tests.fakes.tls import self_signed_certificate
-from tests.fakes.videodb import FakeVideoDB
 from tests.integration.conftest import (
     API_KEY,
     AUDIENCE,
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 def test_a_videodb_with_an_untrusted_certificate_never_receives_the_key(
     idp: FakeIdentityProvider, tmp_path: Path
 ) -> None:
-    impostor = FakeVideoDB(api_key=API_KEY)
+    impostor = StandInVideoDB(api_key=API_KEY)
     server = ThreadedServer(impostor, tls=self_signed_certificate(tmp_path)).start()
     process = BrokerProcess(broker_settings(idp, server.url)).wait_ready()
     try:
@@ -48,7 +48,7 @@ def test_a_videodb_with_an_untrusted_certificate_never_receives_the_key(
 
 
 def test_an_identity_provider_with_an_untrusted_certificate_is_not_believed(
-    videodb_server: tuple[FakeVideoDB, ThreadedServer], tmp_path: Path
+    videodb_server: tuple[StandInVideoDB, ThreadedServer], tmp_path: Path
 ) -> None:
     _, videodb_srv = videodb_server
     provider = FakeIdentityProvider()
@@ -77,7 +77,7 @@ def test_peers_behind_a_private_ca_are_trusted_through_ssl_cert_file(tmp_path: P
     """What an operator does for an identity provider or VideoDB route behind their own CA:
     mount the CA's bundle and point SSL_CERT_FILE at it (docs/operations.md)."""
     certificate = self_signed_certificate(tmp_path)
-    videodb = FakeVideoDB(api_key=API_KEY)
+    videodb = StandInVideoDB(api_key=API_KEY)
     videodb_srv = ThreadedServer(videodb, tls=certificate).start()
     provider = FakeIdentityProvider()
     idp_srv = ThreadedServer(provider, tls=certificate)

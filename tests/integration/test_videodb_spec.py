@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.sandbox.stand_in_videodb import stand_in_videodb
-from tests.fakes.broker_process import BrokerProcess
+from app.sandbox.stand_in_videodb import StandInVideoDB
+from harness.broker_process import BrokerProcess
+from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.prism import PrismProxy
-from tests.fakes.servers import ThreadedServer
 from tests.integration.conftest import API_KEY, AUDIENCE, TOKEN_PATH, broker_settings
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def prism() -> Iterator[PrismProxy]:
-    stand_in = ThreadedServer(stand_in_videodb(API_KEY)).start()
+    stand_in = ThreadedServer(StandInVideoDB(API_KEY)).start()
     proxy = PrismProxy(stand_in.url).wait_ready()
     yield proxy
     proxy.stop()

@@ -8,14 +8,14 @@ import time
 import httpx
 import pytest
 
-from app.sandbox.stand_in_videodb import stand_in_videodb
+from app.sandbox.stand_in_videodb import StandInVideoDB
 
 KEY = "sk-stand-in-0123456789"
 
 
 @pytest.fixture
 def videodb() -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=stand_in_videodb(KEY))
+    transport = httpx.ASGITransport(app=StandInVideoDB(KEY))
     return httpx.AsyncClient(transport=transport, base_url="http://videodb.test")
 
 
@@ -49,3 +49,21 @@ async def test_refusals_as_videodb_gives_them(
     resp = await videodb.post("/capture/session/token", content=body, headers=headers)
     assert resp.status_code == status
     assert resp.json()["success"] is False
+
+
+async def test_a_session_is_created_and_read_back_as_videodb_keeps_it(
+    videodb: httpx.AsyncClient,
+) -> None:
+    key = {"x-access-token": KEY}
+    path = "/collection/default/capture/session"
+    asked = {"end_user_id": "ada", "ws_connection_id": "ws-1", "metadata": {"app": "desk"}}
+    created = await videodb.post(path, json=asked, headers=key)
+    assert created.status_code == 200
+    record = created.json()["data"]
+    assert {k: record[k] for k in asked} == asked
+    assert (record["collection_id"], record["status"]) == ("default", "created")
+    read = await videodb.get(f"{path}/{record['session_id']}", headers=key)
+    assert read.json()["data"] == record
+    assert (await videodb.get(f"{path}/{record['session_id']}")).status_code == 401
+    assert (await videodb.get(f"{path}/cap-unknown", headers=key)).status_code == 404
+    assert (await videodb.post(path, json={}, headers=key)).status_code == 400

@@ -12,8 +12,8 @@ import pytest
 import respx
 
 from app.sandbox.dev_issuer import DevIssuer
+from app.sandbox.stand_in_videodb import StandInVideoDB
 from tests.conftest import API_KEY, AUDIENCE, VIDEODB, Build, bearer
-from tests.fakes.videodb import FakeVideoDB
 
 SESSIONS = "/v1/capture/sessions"
 CALLBACK = "https://partner.example.com/hooks/3f9a"
@@ -26,7 +26,7 @@ def _refused(metrics: httpx.Response, code: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
-def _via(fake: FakeVideoDB) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+def _via(fake: StandInVideoDB) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
     """Hand a request respx caught to the fake VideoDB, over ASGI."""
 
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -38,7 +38,7 @@ def _via(fake: FakeVideoDB) -> Callable[[httpx.Request], Awaitable[httpx.Respons
 
 
 def _first_failing(
-    error: Exception, fake: FakeVideoDB
+    error: Exception, fake: StandInVideoDB
 ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
     """Fail the first call with `error`, then let the fake answer."""
     answer = _via(fake)
@@ -54,9 +54,9 @@ def _first_failing(
 
 
 @pytest.fixture
-def fake(network: respx.MockRouter) -> FakeVideoDB:
+def fake(network: respx.MockRouter) -> StandInVideoDB:
     """VideoDB's capture-session calls, served by the fake (the token call stays respx's)."""
-    videodb = FakeVideoDB(api_key=API_KEY)
+    videodb = StandInVideoDB(api_key=API_KEY)
     network.route(host="videodb.test", path__startswith="/collection/", name="sessions").mock(
         side_effect=_via(videodb)
     )
@@ -84,7 +84,7 @@ async def test_a_session_for_the_verified_user_with_a_token_in_one_round_trip(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
     network: respx.MockRouter,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     client = await capture_client()
@@ -153,7 +153,7 @@ async def test_what_a_client_may_not_send_is_a_422_before_videodb_is_called(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
     network: respx.MockRouter,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
     sent: Any,
     words: str,
 ) -> None:
@@ -172,7 +172,7 @@ async def test_what_a_client_may_not_send_is_a_422_before_videodb_is_called(
 
 
 async def test_no_credentials_no_session(
-    capture_client: Callable[..., Awaitable[httpx.AsyncClient]], fake: FakeVideoDB
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]], fake: StandInVideoDB
 ) -> None:
     client = await capture_client()
     for path in (SESSIONS, SESSIONS + "/cap-123"):
@@ -186,7 +186,7 @@ async def test_a_failed_token_leaves_no_orphan_session(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
     network: respx.MockRouter,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     network["videodb"].mock(return_value=httpx.Response(503))
     client = await capture_client()
@@ -211,7 +211,7 @@ async def test_a_failed_token_leaves_no_orphan_session(
 async def test_every_failure_of_videodb_maps_to_the_contract_and_is_never_repeated(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
     fault: str,
     status: int,
     code: str,
@@ -233,7 +233,7 @@ async def test_every_failure_of_videodb_maps_to_the_contract_and_is_never_repeat
 async def test_a_session_id_named_id_is_understood(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     fake.session_fault = "id_named_id"
     client = await capture_client()
@@ -246,7 +246,7 @@ async def test_a_connection_refused_before_sending_is_retried_a_failure_after_is
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
     network: respx.MockRouter,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     session_route = network["sessions"]
     session_route.side_effect = _first_failing(httpx.ConnectError("refused"), fake)
@@ -263,7 +263,7 @@ async def test_a_connection_refused_before_sending_is_retried_a_failure_after_is
 async def test_the_owner_follows_a_session_and_nobody_else_sees_it(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     client = await capture_client()
     ada = bearer(issuer.mint("ada", AUDIENCE))
@@ -289,7 +289,7 @@ async def test_the_owner_follows_a_session_and_nobody_else_sees_it(
 async def test_a_session_id_that_is_not_one_never_reaches_videodb(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
     session_id: str,
 ) -> None:
     client = await capture_client()
@@ -301,7 +301,7 @@ async def test_a_session_id_that_is_not_one_never_reaches_videodb(
 async def test_reading_while_videodb_fails_is_a_503(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     client = await capture_client()
     ada = bearer(issuer.mint("ada", AUDIENCE))
@@ -315,7 +315,7 @@ async def test_reading_while_videodb_fails_is_a_503(
 async def test_creating_sessions_has_its_own_per_user_limit(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     client = await capture_client(capture_rate_limit="2/minute")
     ada, bob = bearer(issuer.mint("ada", AUDIENCE)), bearer(issuer.mint("bob", AUDIENCE))
@@ -342,7 +342,7 @@ async def test_off_the_paths_are_404_and_undocumented(
 
 
 async def test_on_the_openapi_document_describes_both_calls(
-    capture_client: Callable[..., Awaitable[httpx.AsyncClient]], fake: FakeVideoDB
+    capture_client: Callable[..., Awaitable[httpx.AsyncClient]], fake: StandInVideoDB
 ) -> None:
     client = await capture_client()
     paths = (await client.get("/openapi.json")).json()["paths"]
@@ -375,7 +375,7 @@ def _nested(depth: int) -> dict[str, Any]:
 async def test_what_a_session_was_created_with_reads_back(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
     metadata: dict[str, Any],
 ) -> None:
     client = await capture_client()
@@ -391,7 +391,7 @@ async def test_what_a_session_was_created_with_reads_back(
 async def test_metadata_nested_past_64_is_refused_at_creation(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     client = await capture_client()
     ada = bearer(issuer.mint("ada", AUDIENCE))
@@ -409,7 +409,7 @@ async def test_metadata_nested_past_64_is_refused_at_creation(
 async def test_odd_values_videodb_stored_read_back_and_never_make_a_500(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     client = await capture_client()
     ada = bearer(issuer.mint("ada", AUDIENCE))
@@ -432,7 +432,7 @@ async def test_odd_values_videodb_stored_read_back_and_never_make_a_500(
 async def test_an_odd_collection_in_videodbs_creation_answer_still_gives_the_session(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     fake.session_overrides.update(collection_id="\ud800", status="\udfff")
     client = await capture_client()
@@ -454,7 +454,7 @@ async def test_a_refusal_of_what_a_user_asked_is_counted_apart_from_a_refused_ke
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
     network: respx.MockRouter,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     """The key alert pages on outcome="key_refused" of the token call alone
     (deploy/prometheus/alerts.yaml): no user can make it fire with requests of theirs."""
@@ -489,7 +489,7 @@ async def test_a_refusal_of_what_a_user_asked_is_counted_apart_from_a_refused_ke
 async def test_reading_ones_sessions_has_its_own_limit_and_never_spends_the_tokens(
     capture_client: Callable[..., Awaitable[httpx.AsyncClient]],
     issuer: DevIssuer,
-    fake: FakeVideoDB,
+    fake: StandInVideoDB,
 ) -> None:
     client = await capture_client(rate_limit="3/minute", capture_read_rate_limit="5/minute")
     ada, bob = bearer(issuer.mint("ada", AUDIENCE)), bearer(issuer.mint("bob", AUDIENCE))
