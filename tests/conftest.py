@@ -18,6 +18,7 @@ from app.infra.redis_state import SharedState
 from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
 from app.sandbox.stand_in_videodb import token_answer
+from app.videodb.client import UPSTREAM_TOKEN_PATH
 from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
 from tests.fakes.redis_server import RedisServer
 
@@ -90,9 +91,7 @@ def network(issuer: DevIssuer) -> Iterator[respx.MockRouter]:
         for host in APP_HOSTS:
             router.route(host=host).pass_through()
         router.get(JWKS_URL, name="jwks").mock(return_value=httpx.Response(200, json=issuer.jwks()))
-        router.post(VIDEODB + "/capture/session/token", name="videodb").mock(
-            side_effect=upstream_ok
-        )
+        router.post(VIDEODB + UPSTREAM_TOKEN_PATH, name="videodb").mock(side_effect=upstream_ok)
         yield router
 
 

@@ -13,8 +13,9 @@ import respx
 from pydantic import SecretStr
 
 from app.sandbox.dev_issuer import DevIssuer
+from app.sandbox.stand_in_videodb import token_answer
 from app.videodb.answers import true_expiry
-from app.videodb.client import CLIENT_ID, VideoDBClient, build_http_client
+from app.videodb.client import CLIENT_ID, UPSTREAM_TOKEN_PATH, VideoDBClient, build_http_client
 from tests.conftest import API_KEY, AUDIENCE, TOKEN_PATH, VIDEODB, Build, bearer
 
 ECHO = f"invalid key {API_KEY} for user; internal trace at db01.videodb.internal"
@@ -231,13 +232,11 @@ async def test_each_call_carries_the_explicit_timeouts_and_no_client_cookies() -
     def videodb(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(
-            200,
-            json={"success": True, "data": {"token": "st-fresh", "expires_in": 600}},
-            headers={"Set-Cookie": "session=other-user; Path=/"},
+            200, json=token_answer(600), headers={"Set-Cookie": "session=other-user; Path=/"}
         )
 
     with respx.mock(using="httpx") as router:
-        router.post(VIDEODB + "/capture/session/token").mock(side_effect=videodb)
+        router.post(VIDEODB + UPSTREAM_TOKEN_PATH).mock(side_effect=videodb)
         http = build_http_client(4.0)
         client = VideoDBClient(http, SecretStr(API_KEY), VIDEODB, 4.0)
         await client.mint("ada", 600)
