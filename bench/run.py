@@ -427,6 +427,8 @@ def cache_miss_under_load(
             "before_overhead_p50_ms": above_direct("before", "p50_ms"),
             "before_overhead_p99_ms": above_direct("before", "p99_ms"),
             "before_cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in runs["before"]),
+            "before_rps": statistics.median(r["rps"] for r in runs["before"]),
+            "before_cpu_share": statistics.median(r["cpu_share"] for r in runs["before"]),
         }
     return baseline | {
         "direct_p50_ms": statistics.median(r["p50_ms"] for r in runs["direct"]),
@@ -754,8 +756,11 @@ def report_miss_under_load(
             print(
                 f"      before ({BASELINE}): overhead p50 {load['before_overhead_p50_ms']:.2f} ms, "
                 f"p99 {load['before_overhead_p99_ms']:.2f} ms, "
-                f"{load['before_cpu_ms']:.2f} ms of CPU a miss"
+                f"{load['before_cpu_ms']:.2f} ms of CPU a miss, {load['before_rps']:.0f} new "
+                f"users/s, busy {load['before_cpu_share']:.0%} of a core"
             )
+        capacity = 1000 / load["broker_cpu_ms"]  # one worker, were its CPU the only limit
+        print(f"      one worker's capacity at this CPU a miss: {capacity:.0f} new users/s")
 
 
 def report_hop(videodb_url: str) -> None:
