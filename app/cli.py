@@ -48,9 +48,9 @@ def _check(args: argparse.Namespace) -> int:
     results = [(False, f"configuration: {problem}") for problem in tls] or [
         (True, f"configuration: valid ({settings.key_source})")
     ]
-    if args.live:
+    if not tls:  # the neighbours are tried once the configuration holds
         configure_logging("CRITICAL", "console")  # the probes' own warnings: the lines say it
-        results += asyncio.run(live_checks(settings))
+        results += asyncio.run(live_checks(settings, live=args.live))
     for ok, line in results:
         print(f"{'ok  ' if ok else 'FAIL'} {line}")
     return 0 if all(ok for ok, _ in results) else 1
@@ -108,13 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"proxy or load balancer in front (default {KEEP_ALIVE_S})",
     )
     serve.set_defaults(handler=_serve)
-    check = commands.add_parser("check", help="validate the configuration (exit 1 if broken)")
+    check = commands.add_parser(
+        "check", help="validate the configuration and load the signing keys (exit 1 if not)"
+    )
     check.add_argument(
         "--live",
         action="store_true",
         help="also prove what is live: VideoDB accepts the key (one token of the shortest "
-        f"lifetime for user '{PROBE_USER_ID}'), Redis answers the broker's commands, each "
-        "identity provider's keys load",
+        f"lifetime for user '{PROBE_USER_ID}'), Redis answers the broker's commands",
     )
     check.set_defaults(handler=_check)
     demo = commands.add_parser("demo", help="a local sandbox: no account, no identity provider")

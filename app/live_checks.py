@@ -34,11 +34,14 @@ MAX_DETAIL_CHARS = 160
 CheckResult = tuple[bool, str]
 
 
-async def live_checks(settings: Settings) -> list[CheckResult]:
-    """VideoDB, Redis (when configured) and every identity provider, at once."""
-    probes = [_videodb(settings)]
-    if settings.redis_url is not None:
-        probes.append(_redis(settings.redis_url))
+async def live_checks(settings: Settings, live: bool) -> list[CheckResult]:
+    """Every identity provider's keys (as the contract's `check` loads them) and, with
+    `live`, VideoDB and Redis (when configured) too, at once."""
+    probes = []
+    if live:
+        probes.append(_videodb(settings))
+        if settings.redis_url is not None:
+            probes.append(_redis(settings.redis_url))
     async with identity_provider_client() as client:  # as the broker fetches keys
         probes += [_signing_keys(client, provider) for provider in settings.identity_providers]
         return list(await asyncio.gather(*probes))

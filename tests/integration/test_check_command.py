@@ -69,14 +69,21 @@ def test_check_takes_no_network_and_live_proves_each_neighbour(
     fake, _ = videodb_server
     code, output = _run(CHECK, settings)
     assert code == 0, output
-    assert _lines(output, "ok") == ["configuration: valid (jwks keys)"]
-    assert not fake.calls  # no --live: VideoDB is not asked
+    plain = _lines(output, "ok")
+    assert plain[0] == "configuration: valid (jwks keys)"
+    assert re.fullmatch(r"signing_keys \[127\.0\.0\.1\]: \d+ key.*", plain[1])
+    assert len(plain) == 2  # no --live: neither VideoDB nor Redis is asked
+    assert not fake.calls
     code, output = _run([*CHECK, "--live"], settings)
     assert code == 0, output
     passed = "\n".join(_lines(output, "ok"))
     assert "videodb: the key is accepted" in passed
     assert "redis: answers PING, SET, GET, EXISTS, PTTL, PEXPIRE, EVAL, DEL" in passed
     assert re.search(r"signing_keys \[127\.0\.0\.1\]: \d+ key", passed)
+    down = {**settings, "BROKER_AUTH_JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks.json"}
+    code, output = _run(CHECK, down)  # keys that do not load fail plain check too
+    assert code == 1
+    assert _lines(output, "FAIL")[0].startswith("signing_keys [127.0.0.1]:")
     assert [(c.body["user_id"], c.body["expires_in"]) for c in fake.calls] == [
         ("token-broker-check", 60)  # one token, of the broker's shortest lifetime
     ]
