@@ -1,39 +1,57 @@
-"""`python -m bench.fast_path_ab`: a cache hit's cost through the app, in process, two ways.
+"""`python -m bench.fast_path_ab [REF ...]`: a cache hit's cost through the app, in process.
 
-`handler`: the broker as built (its route runs the handler alone: ServedByItsHandler).
-`fastapi`: the same route served by FastAPI's own APIRoute (its parameter machinery).
-Each round drives 2,000 hits straight through the ASGI app (no sockets, no server), the
-variants alternating; prints the median microseconds per hit of each.
+Variants, each in a worker process of its own:
+
+- `as built`: this tree's broker;
+- `fastapi`: this tree with the token route served by FastAPI's own APIRoute (its parameter
+  machinery, its per-route exception wrapper) instead of ServedByItsHandler;
+- each REF given (a commit, a tag, HEAD for the last commit when the tree has changes): the
+  broker as it was there, from a temporary git worktree whose `app` package the worker
+  imports instead of this tree's (this harness, the interpreter and the packages are the same).
+
+Each round drives 2,000 hits (after 500 to warm up) straight through each variant's ASGI app
+(no sockets, no server), the variants in a new random order every round. Printed: each
+variant's median of per-round microseconds a hit, with the lowest and highest round, and the
+median of per-round differences from `as built` (the workers share the machine at the same
+moments, so the differences are steadier than the figures). BENCH_AB_ROUNDS (default 15).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import json
+import os
+import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-import httpx
-import respx
-from asgi_lifespan import LifespanManager
-from fastapi.routing import APIRoute
-from jose import jwt
-from pydantic import SecretStr
-
-from app.config import Settings
-from app.main import create_app
-from app.sandbox.stand_in_videodb import token_answer
-from app.web.token_endpoint import TOKEN_PATH
-
+REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-shared-secret-of-at-least-32-bytes"
-ROUNDS, HITS = 7, 2000
+HITS, WARM_UP = 2000, 500
+ROUNDS = int(os.environ.get("BENCH_AB_ROUNDS", "15"))
+THIS_TREE, FASTAPI = "as built", "fastapi"
 
 
 def _app(variant: str) -> Any:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    """The broker to measure, from whichever `app` package is first on the path."""
+    try:  # a commit's settings live where that commit kept them
+        settings_class: Any = importlib.import_module("app.config").Settings
+    except (ImportError, AttributeError):
+        settings_class = importlib.import_module("app.settings").Settings
+    from pydantic import SecretStr
+
+    from app.main import create_app
+
+    settings = settings_class(
+        _env_file=None,
         videodb_api_key=SecretStr("sk-bench-0123456789abcdef"),
         videodb_api="https://videodb.bench",
         auth_hs256_secret=SecretStr(SECRET),
@@ -41,19 +59,30 @@ def _app(variant: str) -> Any:
         log_level="WARNING",
         rate_limit="100000000/minute",
     )
-    if variant == "handler":
+    if variant != FASTAPI:
         return create_app(settings)
+    from fastapi.routing import APIRoute
+
     # the same route, built with FastAPI's own handler (its parameter machinery)
     with patch("app.web.token_endpoint.ServedByItsHandler", APIRoute):
         return create_app(settings)
 
 
-async def _per_hit_us(variant: str) -> float:
+async def _worker(variant: str) -> None:
+    """Build the app once; answer each line on stdin with one round's µs a hit."""
+    import httpx
+    import respx
+    from asgi_lifespan import LifespanManager
+    from jose import jwt
+
+    from app.web.token_endpoint import TOKEN_PATH
+
     bearer = jwt.encode(
         {"sub": "u", "aud": "bench", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
     )
     headers = [(b"host", b"b"), (b"authorization", f"Bearer {bearer}".encode())]
-    answer = token_answer(900)
+    token = {"token": "st-" + "x" * 32, "expires_at": time.time() + 900, "expires_in": 900}
+    answer = {"success": True, "data": token}
     with respx.mock(assert_all_called=False, using="httpx") as router:
         router.post("https://videodb.bench/capture/session/token").mock(
             return_value=httpx.Response(200, json=answer)
@@ -87,22 +116,87 @@ async def _per_hit_us(variant: str) -> float:
                 await manager.app(scope, receive, send)
                 assert statuses == [200], statuses
 
-            for _ in range(500):  # warm-up
-                await hit()
-            started = time.perf_counter()
-            for _ in range(HITS):
-                await hit()
-            return (time.perf_counter() - started) / HITS * 1e6
+            print("ready", flush=True)
+            for _ in sys.stdin:
+                for _ in range(WARM_UP):
+                    await hit()
+                started = time.perf_counter()
+                for _ in range(HITS):
+                    await hit()
+                print((time.perf_counter() - started) / HITS * 1e6, flush=True)
 
 
-async def main() -> None:
-    results: dict[str, list[float]] = {"handler": [], "fastapi": []}
-    for _ in range(ROUNDS):
-        for variant in results:
-            results[variant].append(await _per_hit_us(variant))
+def _checkout(ref: str, into: Path) -> Path:
+    path = into / ref.replace("/", "_")
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--force", str(path), ref],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _start(variant: str, tree: Path) -> subprocess.Popen[str]:
+    worker = subprocess.Popen(
+        [sys.executable, __file__, "--worker", variant],
+        env={**os.environ, "PYTHONPATH": str(tree)},  # that tree's `app`, this harness
+        cwd=tree,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    if worker.stdout.readline().strip() != "ready":
+        raise SystemExit(f"the {variant} worker did not start")
+    return worker
+
+
+def _round(worker: subprocess.Popen[str]) -> float:
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    worker.stdin.write("go\n")
+    worker.stdin.flush()
+    return float(worker.stdout.readline())
+
+
+def main(refs: list[str]) -> None:
+    """Start the workers, run the rounds, print the medians."""
+    with tempfile.TemporaryDirectory(prefix="fast-path-ab-") as tmp:
+        trees = {ref: _checkout(ref, Path(tmp)) for ref in refs}
+        try:
+            workers = {THIS_TREE: _start(THIS_TREE, REPO), FASTAPI: _start(FASTAPI, REPO)}
+            workers.update({ref: _start(ref, tree) for ref, tree in trees.items()})
+            results: dict[str, list[float]] = {variant: [] for variant in workers}
+            for _ in range(ROUNDS):
+                order = list(workers)
+                random.shuffle(order)
+                for variant in order:
+                    results[variant].append(_round(workers[variant]))
+            for worker in workers.values():
+                assert worker.stdin is not None
+                worker.stdin.close()
+                worker.wait()
+        finally:
+            for tree in trees.values():
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False
+                )
+    built = results[THIS_TREE]
+    print(f"a cache hit in process, µs: median of {ROUNDS} rounds of {HITS} hits (lowest-highest)")
     for variant, values in results.items():
-        print(f"{variant:>10}: {statistics.median(values):.0f} µs a hit (median of {ROUNDS})")
+        line = (
+            f"{variant:>12}: {statistics.median(values):5.1f} ({min(values):.1f}-{max(values):.1f})"
+        )
+        if variant != THIS_TREE:
+            differences = [v - b for v, b in zip(values, built, strict=True)]
+            line += f"   {statistics.median(differences):+5.1f} against {THIS_TREE}"
+        print(line)
+    print(json.dumps({v: [round(x, 2) for x in values] for v, values in results.items()}))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--worker"]:
+        asyncio.run(_worker(sys.argv[2]))
+    else:
+        main(sys.argv[1:])
