@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     install_error_handlers(app)
-    add_token_route(app, settings)  # first: the busiest path is matched first
+    add_token_route(app, settings)  # matched first: the busiest path
     app.include_router(ops_router)
     if settings.capture_sessions_on:  # off: 404 and absent from the OpenAPI document
         app.include_router(capture_router)

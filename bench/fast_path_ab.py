@@ -4,7 +4,7 @@ Variants, each in a worker process of its own:
 
 - `as built`: this tree's broker;
 - `fastapi`: this tree with the token route served by FastAPI's own APIRoute (its parameter
-  machinery, its per-route exception wrapper) instead of ServedByItsHandler;
+  machinery, its per-route exception wrapper) instead of TokenRoute;
 - each REF given (a commit, a tag, HEAD for the last commit when the tree has changes): the
   broker as it was there, from a temporary git worktree whose `app` package the worker
   imports instead of this tree's (this harness, the interpreter and the packages are the same).
@@ -64,7 +64,7 @@ def _app(variant: str) -> Any:
     from fastapi.routing import APIRoute
 
     # the same route, built with FastAPI's own handler (its parameter machinery)
-    with patch("app.web.token_endpoint.ServedByItsHandler", APIRoute):
+    with patch("app.web.token_endpoint.TokenRoute", APIRoute):
         return create_app(settings)
 
 
