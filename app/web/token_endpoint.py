@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
@@ -108,6 +109,17 @@ class TokenRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         self.app = serve
+
+    # Starlette's matching and method check: APIRoute's wrap them in a look-up of the copy an
+    # included router made of a route, and this route is the app's own, never included.
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = Route.matches(self, scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self  # as APIRoute's: FastAPI's router takes it from here
+        return match, child_scope
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await Route.handle(self, scope, receive, send)
 
 
 def add_token_route(app: FastAPI, settings: Settings) -> None:
