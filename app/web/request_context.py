@@ -10,7 +10,6 @@ from contextvars import ContextVar
 from typing import Any
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +27,13 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
 )
 
+# The same, lower-cased and encoded once (as MutableHeaders.append would for every response).
+_SECURITY_RAW = tuple(
+    (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in SECURITY_HEADERS
+)
+_NO_STORE_RAW = (b"cache-control", b"no-store")
+_HSTS_RAW = (b"strict-transport-security", HSTS_VALUE.encode("latin-1"))
+
 # Where the token endpoint leaves the audit fields of the token it issued (token_endpoint.py).
 AUDIT_SCOPE_KEY = "videodb_token_broker.audit"
 
@@ -38,6 +44,14 @@ audit_log = structlog.get_logger(logger_name="app.audit")
 def current_request_id() -> str | None:
     """The id of the request being served, if any."""
     return _request_id.get()
+
+
+def _unset(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    """Whether no header of this (lower-case) name is among these raw headers."""
+    for key, _ in headers:  # noqa: SIM110 - all() over a generator costs about twice this
+        if key == name:
+            return False
+    return True
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -77,15 +91,15 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
+                # A copy, as Starlette's MutableHeaders makes: the list may be a response's own.
+                headers = message["headers"] = list(message.get("headers", ()))
                 # Appended, not set: nothing inside sets these, and setting scans every header.
-                headers.append("X-Request-ID", request_id)
-                for name, value in SECURITY_HEADERS:
-                    headers.append(name, value)
-                if "cache-control" not in headers:
-                    headers.append("Cache-Control", "no-store")
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers.extend(_SECURITY_RAW)
+                if _unset(headers, b"cache-control"):
+                    headers.append(_NO_STORE_RAW)
                 if is_https:
-                    headers.append("Strict-Transport-Security", HSTS_VALUE)
+                    headers.append(_HSTS_RAW)
             await send(message)
 
         try:
