@@ -145,7 +145,11 @@ class Authenticator:
         self._verified = VerifiedTokens()
 
     def _credential(self, request: Request) -> tuple[str, bool]:
-        headers = request.headers.getlist("authorization")
+        # The ASGI scope's raw headers, as request.headers.getlist would give them: a cache
+        # hit reads this one header, and a Headers object would be built for it alone.
+        headers = [
+            v.decode("latin-1") for k, v in request.scope["headers"] if k == b"authorization"
+        ]
         if len(headers) > 1:
             # A proxy may read the last where we read the first: refuse the ambiguity.
             raise InvalidToken("Send exactly one Authorization header.")

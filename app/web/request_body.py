@@ -5,11 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from app.errors import PayloadTooLarge
+from app.web.request_context import first_header
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, or PayloadTooLarge as soon as it is declared or found to pass `limit`."""
-    declared = request.headers.get("content-length")
+    declared = first_header(request.scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The body may hold at most {limit} bytes.")
     body = b""

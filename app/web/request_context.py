@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -54,12 +54,22 @@ def _unset(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
     return True
 
 
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            return candidate if _SAFE_REQUEST_ID.fullmatch(candidate) else None
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the header of this (lower-case) name, as Starlette's
+    `request.headers.get` gives it, read from the scope's raw headers: no Headers object, no
+    name lower-cased and encoded at every look-up (docs/performance.md)."""
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
     return None
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    candidate = first_header(scope, b"x-request-id")
+    if candidate is None or not _SAFE_REQUEST_ID.fullmatch(candidate):
+        return None
+    return candidate
 
 
 class RequestContextMiddleware:

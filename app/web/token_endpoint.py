@@ -23,7 +23,7 @@ from app.services import Services, services_in, services_of
 from app.tokens.lifetime import requested_lifetime
 from app.web.problems import NO_STORE, documented_problems
 from app.web.request_body import read_body
-from app.web.request_context import AUDIT_SCOPE_KEY
+from app.web.request_context import AUDIT_SCOPE_KEY, first_header
 
 MAX_BODY_BYTES = 1024
 TOKEN_PATH = "/v1/capture/session/token"  # noqa: S105 - a path
@@ -182,6 +182,7 @@ async def token_answer(request: Request, services: Services) -> bytes:
     issued = await services.tokens.issue(user.user_id, ttl)
     expires_at = issued.minted.expires_at
     expires_in = max(0, expires_at - int(time.time()))
+    client = request.scope.get("client")  # what request.client holds, without the Address
     # The audit fields ride on the request's one log line (request_context.py), written
     # once the response is sent: one line per issued token, not two (docs/performance.md).
     request.scope[AUDIT_SCOPE_KEY] = {
@@ -190,8 +191,8 @@ async def token_answer(request: Request, services: Services) -> bytes:
         "requested_ttl": ttl,
         "granted_ttl": expires_in,
         "source": issued.source,
-        "client_ip": request.client.host if request.client else None,
-        "user_agent": request.headers.get("user-agent", "")[:MAX_USER_AGENT_CHARS],
+        "client_ip": client[0] if client else None,
+        "user_agent": (first_header(request.scope, b"user-agent") or "")[:MAX_USER_AGENT_CHARS],
         "token": fingerprint(issued.minted.token),
     }
     return orjson.dumps(
