@@ -12,15 +12,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 import httpx
-from pydantic import SecretStr
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.config import Settings
 from app.config.providers import ProviderConfig
+from app.config.redis import RedisTarget
 from app.errors import BrokerError
 from app.identity.signing_keys import JwksKeys, KeyFetchError, signing_keys_for
 from app.identity.wiring import identity_provider_client
+from app.infra.redis_clients import close, connect
 from app.tokens.shared_store import KEY_PREFIX
 from app.videodb.client import VideoDBClient, build_http_client
 
@@ -40,8 +40,8 @@ async def live_checks(settings: Settings, live: bool) -> list[CheckResult]:
     probes = []
     if live:
         probes.append(_videodb(settings))
-        if settings.redis_url is not None:
-            probes.append(_redis(settings.redis_url))
+        if settings.redis_target is not None:
+            probes.append(_redis(settings.redis_target))
     async with identity_provider_client() as client:  # as the broker fetches keys
         probes += [_signing_keys(client, provider) for provider in settings.identity_providers]
         return list(await asyncio.gather(*probes))
@@ -62,13 +62,11 @@ async def _videodb(settings: Settings) -> CheckResult:
     )
 
 
-async def _redis(url: SecretStr) -> CheckResult:
+async def _redis(target: RedisTarget) -> CheckResult:
     """The commands the broker sends: PING, SET with NX and PX (the mint lock), GET, EXISTS,
     PTTL and PEXPIRE (a planted marker is cut to its lifetime), EVAL (the lock's release, the
     rate limits and the markers' cap are scripts) and DEL, on a key of its own."""
-    client: Redis = Redis.from_url(
-        url.get_secret_value(), socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=3.0
-    )
+    client = connect(target, PROBE_TIMEOUT_S)  # a Cluster's or Sentinel's too
     key = f"{KEY_PREFIX}:check:{secrets.token_hex(8)}"
     steps: dict[str, Callable[[], Awaitable[object]]] = {
         "PING": client.ping,
@@ -90,7 +88,7 @@ async def _redis(url: SecretStr) -> CheckResult:
                 detail = str(exc).splitlines()[0][:MAX_DETAIL_CHARS] if str(exc) else ""
                 return False, f"redis: {command} failed: {type(exc).__name__} {detail}".rstrip()
     finally:
-        await client.aclose()
+        await close(client)
     return True, f"redis: answers {', '.join(steps)}"
 
 

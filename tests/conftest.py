@@ -12,8 +12,10 @@ import pytest
 import respx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from app.config import Settings
+from app.config.redis import RedisTarget
 from app.infra.redis_state import SharedState
 from app.main import create_app
 from app.sandbox.dev_issuer import DevIssuer
@@ -21,6 +23,7 @@ from app.sandbox.stand_in_videodb import token_answer
 from app.videodb.client import UPSTREAM_TOKEN_PATH
 from app.web.token_endpoint import TOKEN_PATH as TOKEN_PATH  # the contract's path, re-exported
 from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_topologies import ClusterOfThree, SentinelGroup
 
 API_KEY = "sk-test-0123456789abcdef"
 VIDEODB = "https://videodb.test"
@@ -149,6 +152,23 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 async def shared(redis_server: RedisServer) -> AsyncIterator[SharedState]:
     """The broker's connection to that Redis."""
-    state = SharedState(redis_server.url)
+    state = SharedState(RedisTarget(SecretStr(redis_server.url)))
     yield state
     await state.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterOfThree]:
+    """A three-node Redis Cluster, started once; tests flush it rather than restart it."""
+    cluster = ClusterOfThree().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels() -> Iterator[SentinelGroup]:
+    """A primary, its replica and three Sentinels, started once (tests that kill a node
+    start a group of their own)."""
+    group = SentinelGroup().start()
+    yield group
+    group.stop()

@@ -14,7 +14,6 @@ MIN_SHARED_SECRET_BYTES = 32
 MIN_KEY_CHARS = 8  # 'sk-' and a little: real keys are far longer; this catches 'sk-' alone
 PLACEHOLDER_KEY = "sk-replace-me"  # .env.example's, copied and never filled in
 _SENDABLE_MIN, _SENDABLE_MAX = 0x21, 0x7E  # visible ASCII: what an HTTP header value can carry
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 OTEL_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
 
 
@@ -78,33 +77,6 @@ def proxy_networks(value: list[str]) -> list[str]:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ValueError("each entry must be an IP address or CIDR network") from None
-    return value
-
-
-def redis_url(value: SecretStr | None) -> SecretStr | None:
-    """A URL the Redis client takes: checked here so that a bad one is one line at start-up,
-    not a traceback; the message never repeats the URL, which may hold a password."""
-    if value is None:
-        return None
-    try:
-        parts = urlsplit(value.get_secret_value())
-        port = parts.port
-    except ValueError:
-        raise ValueError("is not a valid URL (check the host and port)") from None
-    if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("must name a host, as in redis://redis:6379/0")
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError("must name a socket path, as in unix:///run/redis.sock")
-    if port == 0:
-        raise ValueError("port must be from 1 to 65535")
-    from redis.asyncio.connection import parse_url
-
-    try:
-        parse_url(value.get_secret_value())
-    except (ValueError, TypeError):
-        raise ValueError("has an option the Redis client refuses (check its query)") from None
     return value
 
 

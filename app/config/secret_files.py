@@ -23,6 +23,7 @@ SECRET_VARIABLES: dict[str, tuple[str, ...]] = {
     "auth_hs256_secret": ("BROKER_AUTH_HS256_SECRET",),
     "auth_hs256_next_secret": ("BROKER_AUTH_HS256_NEXT_SECRET",),
     "redis_url": ("BROKER_REDIS_URL",),
+    "redis_sentinel_password": ("BROKER_REDIS_SENTINEL_PASSWORD",),
     "redis_encryption_key": ("BROKER_REDIS_ENCRYPTION_KEY",),
     "redis_previous_encryption_key": ("BROKER_REDIS_PREVIOUS_ENCRYPTION_KEY",),
     "capture_webhook_secret": ("BROKER_CAPTURE_WEBHOOK_SECRET",),

@@ -27,7 +27,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from app.config import live, rules
+from app.config import live, redis, rules
 from app.config.errors import ConfigError, describe_validation_errors, env_name
 from app.config.live import PipelineStep
 from app.config.providers import (
@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
     rate_limit: str = "30/minute"
     redis_url: SecretStr | None = None
+    # its shape (config/redis.py): TLS verified against a CA, a Cluster, or Sentinel's primary
+    redis_ca_file: str | None = None
+    redis_cluster: Literal["on", "off"] = "off"
+    redis_sentinels: CommaList = Field(default_factory=list)
+    redis_sentinel_password: SecretStr | None = None
     # what seals tokens in Redis (else the VideoDB key), and what sealed them before a rollout
     redis_encryption_key: SecretStr | None = None
     redis_previous_encryption_key: SecretStr | None = None
@@ -125,9 +130,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     _providers: list[ProviderConfig] = PrivateAttr(default_factory=list)
+    _redis_target: redis.RedisTarget | None = PrivateAttr(default=None)
 
     _comma_separated = field_validator(
-        "auth_algorithms", "auth_required_scopes", "cors_origins", "trusted_proxies", mode="before"
+        "auth_algorithms",
+        "auth_required_scopes",
+        "cors_origins",
+        "trusted_proxies",
+        "redis_sentinels",
+        mode="before",
     )(rules.split_commas)
     _key = field_validator("videodb_api_key")(rules.videodb_key)
     _secret = field_validator(
@@ -138,7 +149,8 @@ class Settings(BaseSettings):
     )(rules.shared_secret)  # every problem at once
     _origins = field_validator("cors_origins")(rules.exact_origins)
     _proxies = field_validator("trusted_proxies")(rules.proxy_networks)
-    _redis = field_validator("redis_url")(rules.redis_url)
+    _redis = field_validator("redis_url")(redis.redis_url)
+    _sentinels = field_validator("redis_sentinels")(redis.sentinel_addresses)
     _rates = field_validator("rate_limit", "capture_rate_limit", "capture_read_rate_limit")(
         rules.rate
     )
@@ -163,7 +175,7 @@ class Settings(BaseSettings):
     _webhook_secret = field_validator("capture_webhook_secret")(live.webhook_secret)
     _pipelines = field_validator("capture_pipelines", mode="before")(live.parse_pipelines)
 
-    @field_validator("capture_sessions", "capture_live", "otel", mode="before")
+    @field_validator("capture_sessions", "capture_live", "otel", "redis_cluster", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -198,6 +210,13 @@ class Settings(BaseSettings):
                 "BROKER_REDIS_PREVIOUS_ENCRYPTION_KEY needs BROKER_REDIS_ENCRYPTION_KEY: it is "
                 "the key entries were sealed with before the current one"
             )
+        self._redis_target = redis.redis_target(
+            self.redis_url,
+            self.redis_ca_file,
+            self.redis_cluster == "on",
+            self.redis_sentinels,
+            self.redis_sentinel_password,
+        )
         live.live_rules(
             self.capture_live_on,
             self.capture_sessions_on,
@@ -239,6 +258,11 @@ class Settings(BaseSettings):
     def identity_providers(self) -> list[ProviderConfig]:
         """Every trusted provider, in either configuration style, validated."""
         return list(self._providers)
+
+    @property
+    def redis_target(self) -> redis.RedisTarget | None:
+        """The shared Redis and its shape, validated; None: each replica on its own."""
+        return self._redis_target
 
     @property
     def otel_on(self) -> bool:

@@ -7,15 +7,18 @@ import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import structlog
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
+from limits.typing import AsyncRedisClient
 
 from app.errors import RateLimited
+from app.infra.redis_clients import RedisClient
 from app.infra.redis_state import SharedState
 from app.observability import metrics
 
@@ -62,8 +65,30 @@ class SweepingMemoryStorage(MemoryStorage):
                 await asyncio.sleep(0)
 
 
-def _limits_uri(redis_url: str) -> str:
-    return "async+" + redis_url if not redis_url.startswith("async+") else redis_url
+class OnSharedClient(RedisStorage):
+    """`limits`' Redis storage on the broker's own client, whatever its shape (one node,
+    Sentinel's primary or a Cluster): one set of connections, timeouts, TLS and credentials.
+
+    `configure_bridge` is the hook the library's own Cluster and Sentinel storages override
+    to choose their client; this one hands it ours. The sliding window's two keys share a
+    hash tag (the library's), so each of its scripts stays in one Cluster slot.
+    """
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+        super().__init__(
+            "async+redis://",  # not used to connect: configure_bridge gives the client
+            implementation="redispy",
+            wrap_exceptions=True,
+            key_prefix="vtb:v1:limits",
+        )
+
+    def configure_bridge(self) -> None:
+        bridge = self.bridge
+        assert isinstance(bridge, RedispyBridge)
+        client = cast(AsyncRedisClient, self._client)  # the protocol both clients meet
+        bridge.storage = client
+        bridge.connection_getter = lambda _readonly: client
 
 
 class LimitStore:
@@ -79,14 +104,7 @@ class LimitStore:
         self._shared = shared
         self._remote: SlidingWindowCounterRateLimiter | None = None
         if shared is not None:
-            storage = RedisStorage(
-                _limits_uri(shared.url),
-                implementation="redispy",
-                wrap_exceptions=True,
-                key_prefix="vtb:v1:limits",
-                connection_pool=shared.pool,  # type: ignore[arg-type]  # typed too narrowly
-            )
-            self._remote = SlidingWindowCounterRateLimiter(storage)
+            self._remote = SlidingWindowCounterRateLimiter(OnSharedClient(shared.client))
 
     def pick(self) -> SlidingWindowCounterRateLimiter:
         """Redis's counters while it is usable, else this process's."""

@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-import redis.asyncio as redis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
+from app.config.redis import RedisTarget
+from app.infra.redis_clients import MAX_CONNECTIONS, RedisClient, close, connect
 from app.observability import metrics, tracing
 
 # How long Redis may take to answer, counted only while the event loop runs on time (see
@@ -23,11 +22,6 @@ REDIS_TIMEOUT_SECONDS = 0.25
 # timeouts, a backstop under ours).
 REDIS_HARD_TIMEOUT_SECONDS = 2.0
 TICKS_PER_TIMEOUT = 5
-# One pool per process, shared by the token cache and the rate limits. A full pool makes
-# callers queue for a connection (within the timeouts above) instead of failing at once, as
-# redis-py's default pool does past 100 connections, which would make a burst of concurrent
-# requests look like a Redis outage. How far 64 connections go: docs/performance.md.
-REDIS_MAX_CONNECTIONS = 64
 RETRY_AFTER_FAILURE_SECONDS = 2.0
 COMMAND_ERROR_LOG_INTERVAL_SECONDS = 60.0
 
@@ -72,25 +66,23 @@ def _command_refused(exc: BaseException) -> bool:
 
 
 class SharedState:
-    """A Redis client with a short timeout; while Redis is down, callers fall back locally."""
+    """A Redis client with a short timeout; while Redis is down, callers fall back locally.
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=None,  # callers queue in run() first, so none waits here
-            socket_timeout=REDIS_HARD_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_HARD_TIMEOUT_SECONDS,
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),  # a failure opens an incident; no hidden retries
-        )
-        self.client: redis.Redis = redis.Redis(connection_pool=self.pool)
+    One client per process, shared by the token cache, the rate limits and live capture.
+    Callers queue for one of its connections (within the timeouts above) instead of failing
+    at once, as redis-py's default pool does when full, which would make a burst of
+    concurrent requests look like a Redis outage. How far 64 connections go:
+    docs/performance.md.
+    """
+
+    def __init__(self, target: RedisTarget) -> None:
+        self.target = target
+        self.client: RedisClient = connect(target, REDIS_HARD_TIMEOUT_SECONDS)
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._command_error_logged_at = float("-inf")
         # one slot per connection: redis-py's pool never makes a timed call wait
-        self._slots = asyncio.Semaphore(REDIS_MAX_CONNECTIONS)
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         metrics.REDIS_UP.set(1)
 
     @property
@@ -167,5 +159,4 @@ class SharedState:
         return bool(await self.run(self.client.ping, "PING"))
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.pool.disconnect()
+        await close(self.client)

@@ -16,9 +16,10 @@ log = structlog.get_logger(logger_name=__name__)
 async def start_shared_state(settings: Settings, stack: AsyncExitStack) -> SharedState | None:
     """The Redis replicas share, or None; closed with the stack. Unreachable at start is a
     warning: the broker serves from this process until Redis answers."""
-    if settings.redis_url is None:
+    target = settings.redis_target
+    if target is None:
         return None
-    shared = SharedState(settings.redis_url.get_secret_value())
+    shared = SharedState(target)
     stack.push_async_callback(shared.close)
     if not await shared.ping():
         log.warning("redis_unreachable_at_start", fallback="in-process cache and limits")

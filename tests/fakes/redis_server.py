@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from typing import Self
 
 import pytest
 import redis
@@ -29,16 +30,18 @@ def require_binary(name: str) -> str:
 
 
 class RedisServer:
-    """redis-server without persistence, on a free port."""
+    """redis-server without persistence, on a free port; `extra` options follow ours
+    ("{port}" in one stands for that port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         self.binary = require_binary("redis-server")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra = [option.replace("{port}", str(self.port)) for option in extra]
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -52,6 +55,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 self._dir,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

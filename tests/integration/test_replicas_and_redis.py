@@ -17,6 +17,7 @@ from harness.broker_process import BrokerProcess
 from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_topologies import BROKER_ACL
 from tests.integration.conftest import AUDIENCE, TOKEN_PATH, assert_no_secret_in, broker_settings
 
 pytestmark = pytest.mark.integration
@@ -238,14 +239,6 @@ def test_a_mint_lock_planted_in_redis_costs_at_most_one_lock_lifetime(
         }
     finally:
         _stop([broker])
-
-
-# What docs/security.md recommends for the broker's Redis user: its keys, and the commands it
-# sends (redis-py's lock and the limits library's scripts included), nothing else.
-BROKER_ACL = (
-    "on ~vtb:v1:* resetchannels -@all +ping +get +set +exists +del +pttl +pexpire +incrby "
-    "+rename +eval +evalsha +script|load"
-)
 
 
 def test_the_documented_redis_acl_is_all_the_broker_needs(

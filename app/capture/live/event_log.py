@@ -103,6 +103,12 @@ class LocalEventLog:
         return None
 
 
+def _log_key(session_id: str) -> str:
+    """A session's stream. Its counter shares the `{session}` hash tag: the script that
+    appends touches both, which a Redis Cluster allows only within one slot."""
+    return f"{KEY_PREFIX}:{{{session_id}}}:log"
+
+
 # KEYS: the stream, its counter. ARGV: event, data, kept, ttl, channel, session id.
 _APPEND = """
 local n = redis.call('INCR', KEYS[2])
@@ -129,7 +135,7 @@ class RedisEventLog:
         self._listener = asyncio.create_task(self._listen())
 
     async def append(self, session_id: str, event: str, data: dict[str, Any]) -> int | None:
-        keys = [f"{KEY_PREFIX}:log:{session_id}", f"{KEY_PREFIX}:seq:{session_id}"]
+        keys = [_log_key(session_id), f"{KEY_PREFIX}:{{{session_id}}}:seq"]
         args: list[str | int] = [
             event,
             _json(data),
@@ -142,7 +148,7 @@ class RedisEventLog:
         return int(number) if number is not None else None
 
     async def after(self, session_id: str, last_id: int) -> list[FeedEvent]:
-        key = f"{KEY_PREFIX}:log:{session_id}"
+        key = _log_key(session_id)
         entries: Any = await self._shared.run(
             lambda: self._shared.client.xrange(key, min=f"({last_id}-0", max="+"), "XRANGE"
         )
@@ -182,4 +188,4 @@ class RedisEventLog:
                 await self._listener
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
