@@ -13,12 +13,15 @@ Each round drives 2,000 hits (after 500 to warm up) straight through each varian
 (no sockets, no server), the variants in a new random order every round. Printed: each
 variant's median of per-round microseconds a hit, with the lowest and highest round, and the
 median of per-round differences from `as built` (the workers share the machine at the same
-moments, so the differences are steadier than the figures). BENCH_AB_ROUNDS (default 15).
+moments, so the differences are steadier than the figures). BENCH_AB_ROUNDS (default 15);
+BENCH_AB_LOG_LEVEL (default WARNING: no line written; INFO writes the audit line of every hit,
+as `make bench` and production do, to /dev/null).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -30,13 +33,14 @@ import tempfile
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from unittest.mock import patch
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-shared-secret-of-at-least-32-bytes"
 HITS, WARM_UP = 2000, 500
 ROUNDS = int(os.environ.get("BENCH_AB_ROUNDS", "15"))
+LOG_LEVEL = os.environ.get("BENCH_AB_LOG_LEVEL", "WARNING")
 THIS_TREE, FASTAPI = "as built", "fastapi"
 
 
@@ -56,7 +60,7 @@ def _app(variant: str) -> Any:
         videodb_api="https://videodb.bench",
         auth_hs256_secret=SecretStr(SECRET),
         auth_audience="bench",
-        log_level="WARNING",
+        log_level=LOG_LEVEL,
         rate_limit="100000000/minute",
     )
     if variant != FASTAPI:
@@ -68,7 +72,7 @@ def _app(variant: str) -> Any:
         return create_app(settings)
 
 
-async def _worker(variant: str) -> None:
+async def _worker(variant: str, answers: TextIO) -> None:
     """Build the app once; answer each line on stdin with one round's µs a hit."""
     import httpx
     import respx
@@ -116,14 +120,14 @@ async def _worker(variant: str) -> None:
                 await manager.app(scope, receive, send)
                 assert statuses == [200], statuses
 
-            print("ready", flush=True)
+            print("ready", file=answers, flush=True)
             for _ in sys.stdin:
                 for _ in range(WARM_UP):
                     await hit()
                 started = time.perf_counter()
                 for _ in range(HITS):
                     await hit()
-                print((time.perf_counter() - started) / HITS * 1e6, flush=True)
+                print((time.perf_counter() - started) / HITS * 1e6, file=answers, flush=True)
 
 
 def _checkout(ref: str, into: Path) -> Path:
@@ -197,6 +201,8 @@ def main(refs: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        asyncio.run(_worker(sys.argv[2]))
+        answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the parent's pipe
+        with open(os.devnull, "w") as lines, contextlib.redirect_stdout(lines):  # the app's logs
+            asyncio.run(_worker(sys.argv[2], answers))
     else:
         main(sys.argv[1:])
