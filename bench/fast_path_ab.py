@@ -1,6 +1,6 @@
 """`python -m bench.fast_path_ab [REF ...]`: a cache hit's cost through the app, in process.
 
-Variants, each in a worker process of its own:
+Variants, each in worker processes of its own:
 
 - `as built`: this tree's broker;
 - `fastapi`: this tree with the token route served by FastAPI's own APIRoute (its parameter
@@ -10,12 +10,15 @@ Variants, each in a worker process of its own:
   imports instead of this tree's (this harness, the interpreter and the packages are the same).
 
 Each round drives 2,000 hits (after 500 to warm up) straight through each variant's ASGI app
-(no sockets, no server), the variants in a new random order every round. Printed: each
-variant's median of per-round microseconds a hit, with the lowest and highest round, and the
-median of per-round differences from `as built` (the workers share the machine at the same
-moments, so the differences are steadier than the figures). BENCH_AB_ROUNDS (default 15);
-BENCH_AB_LOG_LEVEL (default WARNING: no line written; INFO writes the audit line of every hit,
-as `make bench` and production do, to /dev/null).
+(no sockets, no server), the variants in a new random order every round. A variant has
+BENCH_AB_WORKERS processes (default 3), which take its rounds in turn: two processes of the
+same code can differ steadily for as long as they live, and several average that out
+(docs/performance.md). Printed: each variant's median of
+per-round microseconds a hit, with the lowest and highest round, and the median of per-round
+differences from `as built` (the variants share the machine at the same moments, so the
+differences are steadier than the figures). BENCH_AB_ROUNDS (default 21); BENCH_AB_LOG_LEVEL
+(default WARNING: no line written; INFO writes the audit line of every hit, as `make bench`
+and production do, to /dev/null).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from unittest.mock import patch
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-shared-secret-of-at-least-32-bytes"
 HITS, WARM_UP = 2000, 500
-ROUNDS = int(os.environ.get("BENCH_AB_ROUNDS", "15"))
+ROUNDS = int(os.environ.get("BENCH_AB_ROUNDS", "21"))
 LOG_LEVEL = os.environ.get("BENCH_AB_LOG_LEVEL", "WARNING")
+WORKERS = int(os.environ.get("BENCH_AB_WORKERS", "3"))
 THIS_TREE, FASTAPI = "as built", "fastapi"
 
 
@@ -142,7 +146,7 @@ def _checkout(ref: str, into: Path) -> Path:
 
 
 def _start(variant: str, tree: Path) -> subprocess.Popen[str]:
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, __file__, "--worker", variant],
         env={**os.environ, "PYTHONPATH": str(tree)},  # that tree's `app`, this harness
         cwd=tree,
@@ -150,6 +154,9 @@ def _start(variant: str, tree: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def _ready(variant: str, worker: subprocess.Popen[str]) -> subprocess.Popen[str]:
     assert worker.stdout is not None
     if worker.stdout.readline().strip() != "ready":
         raise SystemExit(f"the {variant} worker did not start")
@@ -169,15 +176,16 @@ def main(refs: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="fast-path-ab-") as tmp:
         trees = {ref: _checkout(ref, Path(tmp)) for ref in refs}
         try:
-            workers = {THIS_TREE: _start(THIS_TREE, REPO), FASTAPI: _start(FASTAPI, REPO)}
-            workers.update({ref: _start(ref, tree) for ref, tree in trees.items()})
+            sources = {THIS_TREE: REPO, FASTAPI: REPO, **trees}
+            started = {v: [_start(v, tree) for _ in range(WORKERS)] for v, tree in sources.items()}
+            workers = {v: [_ready(v, w) for w in each] for v, each in started.items()}
             results: dict[str, list[float]] = {variant: [] for variant in workers}
-            for _ in range(ROUNDS):
+            for turn in range(ROUNDS):
                 order = list(workers)
                 random.shuffle(order)
                 for variant in order:
-                    results[variant].append(_round(workers[variant]))
-            for worker in workers.values():
+                    results[variant].append(_round(workers[variant][turn % WORKERS]))
+            for worker in (w for each in workers.values() for w in each):
                 assert worker.stdin is not None
                 worker.stdin.close()
                 worker.wait()
