@@ -101,7 +101,6 @@ class VideoDBClient:
         collection_id: str = "default",
     ) -> None:
         self._http = http
-        self._api_key = api_key
         self._base = base_url
         self._collection_path = f"/collection/{collection_id}"
         self._sessions_path = f"{self._collection_path}/capture/session"
@@ -110,6 +109,13 @@ class VideoDBClient:
             path: httpx.URL(base_url + path) for path in (UPSTREAM_TOKEN_PATH, self._sessions_path)
         }
         self._timeout = timeout
+        headers = httpx.Headers(http.headers)
+        headers["x-access-token"] = api_key.get_secret_value()
+        headers["x-videodb-client"] = CLIENT_ID
+        self._headers = headers.raw
+        headers["Content-Type"] = "application/json"
+        self._json_headers = headers.raw
+        self._extensions = {"timeout": http.timeout.as_dict()}
         # Requests queue here, before httpx: the pool never holds more than it can serve,
         # and a wait for it is not counted against the `pool` timeout.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
@@ -184,25 +190,30 @@ class VideoDBClient:
             ) from None
 
     async def _exchange(self, method: str, path: str, payload: dict[str, object] | None) -> Answer:
-        headers = {
-            "x-access-token": self._api_key.get_secret_value(),
-            "x-videodb-client": CLIENT_ID,
-        }
-        content = None
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-            content = json.dumps(payload).encode()
-        # Streamed, and no more read than the cap: a hostile or broken answer cannot fill
-        # memory, and its body is never logged.
-        url = self._urls.get(path) or self._base + path
-        async with self._http.stream(method, url, content=content, headers=headers) as resp:
+        content = None if payload is None else json.dumps(payload).encode()
+        url = self._urls.get(path) or httpx.URL(self._base + path)
+        # Built here with the client's own headers and timeouts, fixed at start (what
+        # build_request would merge into every request anew), and sent by the client.
+        request = httpx.Request(
+            method,
+            url,
+            content=content,
+            headers=self._json_headers if payload is not None else self._headers,
+            extensions=self._extensions,
+        )
+        resp = await self._http.send(request, stream=True)
+        try:
+            # Streamed, and no more read than the cap: a hostile or broken answer cannot
+            # fill memory, and its body is never logged.
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     break
-            tracing.annotate(**{"http.response.status_code": resp.status_code})  # the attempt's
-            return Answer(resp.status_code, resp.headers, bytes(body))
+        finally:
+            await resp.aclose()
+        tracing.annotate(**{"http.response.status_code": resp.status_code})  # the attempt's
+        return Answer(resp.status_code, resp.headers, bytes(body))
 
 
 T = TypeVar("T")
