@@ -16,6 +16,7 @@ from harness.broker_process import REPO, clean_env, free_port
 from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_topologies import SENTINEL_SERVICE, ClusterOfThree, SentinelGroup
 from tests.fakes.tls import self_signed_certificate
 from tests.integration.conftest import API_KEY, assert_no_secret_in, broker_settings
 
@@ -179,3 +180,25 @@ def test_a_certificate_that_cannot_be_used_is_one_line_naming_the_variable(
     assert code != 0
     assert "Traceback" not in output
     assert "not a PEM certificate and its private key" in output
+
+
+def test_check_live_reaches_a_cluster_and_the_primary_sentinel_names(
+    stand_ins: dict[str, str],
+    redis_cluster: ClusterOfThree,
+    redis_sentinels: SentinelGroup,
+) -> None:
+    shapes = {
+        "cluster": {"BROKER_REDIS_URL": redis_cluster.url, "BROKER_REDIS_CLUSTER": "on"},
+        "sentinel": {
+            "BROKER_REDIS_URL": f"redis://{SENTINEL_SERVICE}/0",
+            "BROKER_REDIS_SENTINELS": redis_sentinels.addresses,
+        },
+    }
+    for shape, redis in shapes.items():
+        code, output = _run([*CHECK, "--live"], {**stand_ins, **redis})
+        assert code == 0, (shape, output)
+        assert "redis: answers PING, SET, GET, EXISTS, PTTL, PEXPIRE, EVAL, DEL" in output
+    unknown = {**shapes["sentinel"], "BROKER_REDIS_URL": "redis://no-such-service/0"}
+    code, output = _run([*CHECK, "--live"], {**stand_ins, **unknown})
+    assert code == 1
+    assert "redis: PING failed: MasterNotFoundError" in "\n".join(_lines(output, "FAIL"))
