@@ -82,6 +82,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._completed_in_read = False  # a request ended inside the read being parsed
         self._began_in_read = False  # and the next one began after it in the same read
         self._refused = False
+        self._started: float | None = None  # the first byte of the request under way
         self._read_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -110,6 +111,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._read_size = 0
         if self._began_in_read and self._reading_head and not self._refused:
             self._count_received(len(data))
+        if self._started is not None and self._read_deadline is None and not self._refused:
+            # A request still arriving after this read: its deadline, from its first byte. One
+            # that arrived whole in the read (nearly all) never needs a timer.
+            self._read_deadline = self.loop.call_at(
+                self._started + REQUEST_READ_TIMEOUT_S, self._too_slow
+            )
 
     def on_message_begin(self) -> None:
         if self._refused:
@@ -166,16 +173,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return False
 
     def _arm(self) -> None:
-        if self._read_deadline is None:
-            self._read_deadline = self.loop.call_later(REQUEST_READ_TIMEOUT_S, self._too_slow)
+        """The request's clock starts (its timer is set once a read ends with it unfinished)."""
+        if self._started is None:
+            self._started = self.loop.time()
 
     def _disarm(self) -> None:
+        self._started = None
         if self._read_deadline is not None:
             self._read_deadline.cancel()
             self._read_deadline = None
 
     def _too_slow(self) -> None:
         self._read_deadline = None
+        self._started = None
         if self.transport.is_closing():
             return
         answering = self.cycle is not None and not self.cycle.response_complete
