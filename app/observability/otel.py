@@ -24,21 +24,26 @@ import math
 import os
 import random
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
-from typing import Any
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
@@ -55,6 +60,34 @@ MAX_SHUTDOWN_FLUSH_SECONDS = 5.0
 log = structlog.get_logger(logger_name=__name__)
 
 
+class _Child:
+    """A span current for a block: what `start_as_current_span` does, without its two
+    generator-based context managers (a kept request enters a few of these)."""
+
+    __slots__ = ("_attributes", "_name", "_span", "_token", "_tracer")
+
+    def __init__(
+        self, tracer: Tracer, name: str, attributes: dict[str, tracing.AttributeValue]
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._attributes = attributes
+
+    def __enter__(self) -> trace.Span:
+        span = self._span = self._tracer.start_span(self._name, attributes=self._attributes)
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(self, _: object, exc: BaseException | None, __: object) -> None:
+        span = self._span
+        try:
+            if exc is not None:
+                _failed(span, exc)
+        finally:
+            otel_context.detach(self._token)
+            span.end()
+
+
 class _Recorder:
     """The broker's spans on its own tracer; see tracing.py for the seam."""
 
@@ -63,25 +96,15 @@ class _Recorder:
 
     def span(
         self, name: str, attributes: dict[str, tracing.AttributeValue]
-    ) -> AbstractContextManager[Any]:
-        parent = trace.get_current_span()
-        if parent.get_span_context().is_valid and not parent.is_recording():
-            # Inside a trace the sampler dropped: its children would be dropped too (the
-            # samplers are parent-based), so none is built (what that saves an unsampled
-            # request: docs/performance.md, "Tracing").
-            return nullcontext()
-        return self._span(name, attributes)
-
-    @contextmanager
-    def _span(self, name: str, attributes: dict[str, tracing.AttributeValue]) -> Iterator[Any]:
-        with self._tracer.start_as_current_span(
-            name, attributes=attributes, record_exception=False, set_status_on_exception=False
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+    ) -> AbstractContextManager[tracing.Annotatable]:
+        if tracing.request_sampled() is None:  # outside requests: the sampler decided a root
+            parent = trace.get_current_span()
+            if parent.get_span_context().is_valid and not parent.is_recording():
+                # Inside a trace the sampler dropped: its children would be dropped too (the
+                # samplers are parent-based), so none is built (what that saves an unsampled
+                # request: docs/performance.md, "Tracing").
+                return tracing.NO_SPAN
+        return _Child(self._tracer, name, attributes)
 
     def annotate(self, attributes: dict[str, tracing.AttributeValue]) -> None:
         trace.get_current_span().set_attributes(attributes)
@@ -218,19 +241,29 @@ class Tracing:
         return decision is Decision.RECORD_AND_SAMPLE
 
 
-_DECIDED: ContextVar[bool] = ContextVar("broker_trace_decided", default=False)
-
-
 class _Decided(Sampler):
-    """The configured sampler, except for a request span already decided to be sampled."""
+    """The configured sampler, except inside a request already decided to be sampled: its
+    spans, the request's own and its children, are kept without asking again (what the
+    parent-based samplers would say of its children)."""
 
     def __init__(self, inner: Sampler) -> None:
         self._inner = inner
 
-    def should_sample(self, parent_context: Context | None, *args: Any, **kwargs: Any) -> Any:
-        if _DECIDED.get():
-            return SamplingResult(Decision.RECORD_AND_SAMPLE)
-        return self._inner.should_sample(parent_context, *args, **kwargs)
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if tracing.request_sampled():
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
 
     def get_description(self) -> str:
         return f"Decided({self._inner.get_description()})"
@@ -283,12 +316,21 @@ class TracingMiddleware:
             return
         parent = _parent(scope, self.tracing)
         if not self.tracing.sampled(parent):
-            token = tracing.unsampled()
+            token = tracing.decided(False)
             try:
                 await self.app(scope, receive, send)
             finally:
                 tracing.reset(token)
             return
+        token = tracing.decided(True)
+        try:
+            await self._traced(scope, receive, send, parent)
+        finally:
+            tracing.reset(token)
+
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, parent: Context | None
+    ) -> None:
         method = scope["method"]
         status = 500
         request_id = ""
@@ -302,32 +344,28 @@ class TracingMiddleware:
                         request_id = value.decode("latin-1")
             await send(message)
 
-        decided = _DECIDED.set(True)
+        span = self.tracing.tracer.start_span(
+            f"{method} request", context=parent, kind=SpanKind.SERVER
+        )
+        attached = otel_context.attach(trace.set_span_in_context(span))
         try:
-            span = self.tracing.tracer.start_span(
-                f"{method} request", context=parent, kind=SpanKind.SERVER
-            )
+            await self.app(scope, receive, send_traced)
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
         finally:
-            _DECIDED.reset(decided)
-        with trace.use_span(
-            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                await self.app(scope, receive, send_traced)
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                if route:
-                    span.update_name(f"{method} {route}")
-                span.set_attributes(
-                    {
-                        "http.request.method": method,
-                        "http.route": route or "unmatched",
-                        "http.response.status_code": status,
-                        "broker.request_id": request_id,
-                    }
-                )
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+            route = getattr(scope.get("route"), "path", None)
+            if route:
+                span.update_name(f"{method} {route}")
+            span.set_attributes(
+                {
+                    "http.request.method": method,
+                    "http.route": route or "unmatched",
+                    "http.response.status_code": status,
+                    "broker.request_id": request_id,
+                }
+            )
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            otel_context.detach(attached)
+            span.end()

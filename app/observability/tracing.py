@@ -13,10 +13,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 AttributeValue = str | bool | int | float
 T = TypeVar("T")
+
+
+class Annotatable(Protocol):
+    """A span as the block inside it sees it: attributes can be added."""
+
+    def set_attributes(self, attributes: dict[str, AttributeValue]) -> None: ...
 
 
 class Recorder(Protocol):
@@ -24,7 +30,7 @@ class Recorder(Protocol):
 
     def span(
         self, name: str, attributes: dict[str, AttributeValue]
-    ) -> AbstractContextManager[Any]: ...
+    ) -> AbstractContextManager[Annotatable]: ...
 
     def annotate(self, attributes: dict[str, AttributeValue]) -> None: ...
 
@@ -40,12 +46,16 @@ class _NoSpan:
     def __exit__(self, *_: object) -> None:
         return None
 
+    def set_attributes(self, attributes: dict[str, AttributeValue]) -> None:
+        return None
 
-_NO_SPAN = _NoSpan()
+
+NO_SPAN = _NoSpan()
 _recorder: Recorder | None = None
-# False inside a request the sampler dropped (decided before anything was built): no span,
-# no attribute, no context of OpenTelemetry's for it or for anything it does. None outside
-# requests (a background key refresh), where the sampler decides span by span.
+# Whether the sampler kept the current request, decided before anything was built. False: no
+# span, no attribute, no context of OpenTelemetry's for it or for anything it does. True: its
+# spans are recorded without asking the sampler again. None outside requests (a background
+# key refresh), where the sampler decides span by span.
 _request_sampled: ContextVar[bool | None] = ContextVar("broker_request_sampled", default=None)
 
 
@@ -55,9 +65,15 @@ def install(recorder: Recorder | None) -> None:
     _recorder = recorder
 
 
-def unsampled() -> Token[bool | None]:
-    """Mark the current request as dropped by the sampler; reset with the token."""
-    return _request_sampled.set(False)
+def decided(sampled: bool) -> Token[bool | None]:
+    """Mark the current request as kept (True) or dropped (False) by the sampler; reset
+    with the token."""
+    return _request_sampled.set(sampled)
+
+
+def request_sampled() -> bool | None:
+    """The current request's sampling decision; None outside requests."""
+    return _request_sampled.get()
 
 
 def reset(token: Token[bool | None]) -> None:
@@ -65,12 +81,12 @@ def reset(token: Token[bool | None]) -> None:
     _request_sampled.reset(token)
 
 
-def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[Any]:
+def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[Annotatable]:
     """A child span of the current one for the block, or nothing while tracing is off or
     the request was not sampled."""
     recorder = _recorder
     if recorder is None or _request_sampled.get() is False:
-        return _NO_SPAN
+        return NO_SPAN
     return recorder.span(name, attributes)
 
 
@@ -103,7 +119,7 @@ async def _recorded(
     outcome: Callable[[T], dict[str, AttributeValue]],
     attributes: dict[str, AttributeValue],
 ) -> T:
-    with recorder.span(name, attributes):
+    with recorder.span(name, attributes) as span:
         result = await work
-        recorder.annotate(outcome(result))
+        span.set_attributes(outcome(result))
         return result

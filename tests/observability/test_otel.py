@@ -1,15 +1,28 @@
-"""What `BROKER_OTEL=on` sets up: the export wrapper and who may continue a trace."""
+"""What `BROKER_OTEL=on` sets up: the export wrapper, who may continue a trace, how a request
+is decided and what a kept one records."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import structlog
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.trace import SpanKind, Tracer
+from starlette.types import Message, Receive, Scope, Send
 
-from app.observability.otel import Tracing, _OncePerIncident
+from app.observability import otel, tracing
+from app.observability.otel import (
+    Tracing,
+    TracingMiddleware,
+    _Decided,
+    _OncePerIncident,
+    _Recorder,
+)
 
 
 class _Flaky(SpanExporter):
@@ -58,3 +71,114 @@ def test_only_a_trusted_proxy_may_continue_a_trace(
         assert not setup.trusts({"type": "http", "client": None})
     finally:
         setup.provider.shutdown()
+
+
+def _recorded(sampler: Sampler) -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=_Decided(sampler))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("test"), exporter
+
+
+def test_inside_a_kept_request_every_span_is_kept_with_its_attributes() -> None:
+    tracer, exporter = _recorded(ALWAYS_OFF)  # never asked inside a kept request
+    token = tracing.decided(True)
+    try:
+        tracing.install(_Recorder(tracer))
+        ttl = {"broker.token.requested_ttl": 900}
+        with tracer.start_as_current_span("request"), tracing.span("broker.token", **ttl) as span:
+            span.set_attributes({"broker.token.source": "cache"})
+    finally:
+        tracing.install(None)
+        tracing.reset(token)
+    child, request = exporter.get_finished_spans()
+    assert request.name == "request"
+    assert child.parent is not None
+    assert child.parent.span_id == request.context.span_id
+    assert dict(child.attributes or {}) == {
+        "broker.token.requested_ttl": 900,
+        "broker.token.source": "cache",
+    }
+    assert tracing.request_sampled() is None  # the request is over
+
+
+def test_outside_requests_the_configured_sampler_decides() -> None:
+    tracer, exporter = _recorded(ALWAYS_OFF)
+    tracing.install(_Recorder(tracer))
+    try:
+        with tracing.span("identity_provider fetch_keys") as span:  # a root, dropped
+            span.set_attributes({"broker.keys.outcome": "ok"})
+            with tracing.span("child"):
+                pass
+    finally:
+        tracing.install(None)
+    assert exporter.get_finished_spans() == ()
+
+
+def _request_scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/capture/session/token",
+        "headers": [],
+        "client": ("127.0.0.1", 5000),
+    }
+
+
+async def _through_middleware(
+    monkeypatch: pytest.MonkeyPatch, sampler: str
+) -> tuple[list[bool | None], tuple[ReadableSpan, ...]]:
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(otel, "OTLPSpanExporter", lambda: exporter)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    setup = Tracing([])
+    seen: list[bool | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(tracing.request_sampled())
+        with tracing.span("broker.authenticate"):
+            tracing.annotate(**{"broker.identity.outcome": "ok"})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-request-id", b"r1")]}
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    setup.start()
+    try:
+        await TracingMiddleware(app, tracing_=setup)(_request_scope(), receive, send)
+    finally:
+        setup.stop()
+    seen.append(tracing.request_sampled())
+    return seen, exporter.get_finished_spans()
+
+
+async def test_a_kept_request_is_a_server_span_with_its_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen, spans = await _through_middleware(monkeypatch, "always_on")
+    assert seen == [True, None]
+    child, request = spans
+    assert request.kind is SpanKind.SERVER
+    assert request.name == "POST request"  # no route in this scope
+    assert dict(request.attributes or {}) == {
+        "http.request.method": "POST",
+        "http.route": "unmatched",
+        "http.response.status_code": 200,
+        "broker.request_id": "r1",
+    }
+    assert child.name == "broker.authenticate"
+    assert child.parent is not None
+    assert child.parent.span_id == request.context.span_id
+    assert dict(child.attributes or {}) == {"broker.identity.outcome": "ok"}
+
+
+async def test_a_dropped_request_builds_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen, spans = await _through_middleware(monkeypatch, "always_off")
+    assert seen == [False, None]
+    assert spans == ()
