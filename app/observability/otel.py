@@ -37,8 +37,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     Decision,
+    ParentBased,
     Sampler,
     SamplingResult,
+    TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -189,6 +191,7 @@ class Tracing:
         # The sampler the environment configures decides each request before anything is
         # built (TracingMiddleware); the provider then samples what was decided.
         self.sampler = TracerProvider(shutdown_on_exit=False).sampler
+        self._bound = _ratio_bound(self.sampler)
         self.provider = TracerProvider(
             resource=Resource.create(attributes), sampler=_Decided(self.sampler)
         )
@@ -236,9 +239,19 @@ class Tracing:
             context = trace.get_current_span(parent).get_span_context()
             if context.is_valid:
                 return context.trace_flags.sampled
+        bound = self._bound
+        if bound is not None:  # what a ratio sampler decides on a random trace id's low half
+            return random.getrandbits(64) < bound
         trace_id = random.getrandbits(128) or 1
-        decision = self.sampler.should_sample(None, trace_id, "request").decision
+        decision = self.sampler.should_sample(Context(), trace_id, "request").decision
         return decision is Decision.RECORD_AND_SAMPLE
+
+
+def _ratio_bound(sampler: Sampler) -> int | None:
+    """The bound of the ratio that decides a new trace, when the configured sampler is one
+    (`traceidratio`, or `parentbased_traceidratio`'s root); else None: the sampler is asked."""
+    root = getattr(sampler, "_root", sampler) if isinstance(sampler, ParentBased) else sampler
+    return root.bound if isinstance(root, TraceIdRatioBased) else None
 
 
 class _Decided(Sampler):
@@ -314,17 +327,14 @@ class TracingMiddleware:
         if scope["type"] != "http" or scope["path"] in self.quiet_paths:
             await self.app(scope, receive, send)
             return
-        parent = _parent(scope, self.tracing)
-        if not self.tracing.sampled(parent):
-            token = tracing.decided(False)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                tracing.reset(token)
-            return
-        token = tracing.decided(True)
+        parent = _parent(scope, self.tracing) if self.tracing.trusted else None
+        sampled = self.tracing.sampled(parent)
+        token = tracing.decided(sampled)
         try:
-            await self._traced(scope, receive, send, parent)
+            if sampled:
+                await self._traced(scope, receive, send, parent)
+            else:
+                await self.app(scope, receive, send)
         finally:
             tracing.reset(token)
 

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Message, Receive, Scope, Send
 
 from app.observability import otel, tracing
@@ -69,6 +70,54 @@ def test_only_a_trusted_proxy_may_continue_a_trace(
     try:
         assert setup.trusts({"type": "http", "client": (peer, 5000)}) is continues
         assert not setup.trusts({"type": "http", "client": None})
+    finally:
+        setup.provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "share"),
+    [
+        ("parentbased_traceidratio", "0.25", 0.25),
+        ("traceidratio", "0.25", 0.25),
+        ("parentbased_traceidratio", "0", 0.0),
+        ("parentbased_traceidratio", "1", 1.0),
+        ("always_on", None, 1.0),
+        ("always_off", None, 0.0),
+        ("parentbased_always_off", None, 0.0),
+        (None, None, 1.0),  # the SDK's default: parentbased_always_on
+    ],
+)
+def test_a_new_trace_is_kept_as_often_as_the_configured_sampler_says(
+    monkeypatch: pytest.MonkeyPatch, sampler: str | None, arg: str | None, share: float
+) -> None:
+    for name, value in (("OTEL_TRACES_SAMPLER", sampler), ("OTEL_TRACES_SAMPLER_ARG", arg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    setup = Tracing([])
+    try:
+        kept = sum(setup.sampled(None) for _ in range(20_000)) / 20_000
+        # a ratio is applied without asking the sampler (a new SDK's ParentBased may hide
+        # its root: then the sampler is asked, as for any other)
+        assert (setup._bound is not None) is (sampler or "").endswith("traceidratio")
+    finally:
+        setup.provider.shutdown()
+    assert abs(kept - share) < 0.02, kept
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_a_trusted_parent_decides_by_its_sampled_flag_whatever_the_ratio(
+    monkeypatch: pytest.MonkeyPatch, flags: str
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    parent = TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{'1' * 32}-{'2' * 16}-{flags}"}
+    )
+    setup = Tracing(["127.0.0.1"])
+    try:
+        assert {setup.sampled(parent) for _ in range(200)} == {flags == "01"}
     finally:
         setup.provider.shutdown()
 
