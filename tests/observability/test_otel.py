@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import structlog
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,6 +24,7 @@ from app.observability.otel import (
     _Decided,
     _OncePerIncident,
     _Recorder,
+    _Resource,
 )
 
 
@@ -72,6 +74,15 @@ def test_only_a_trusted_proxy_may_continue_a_trace(
         assert not setup.trusts({"type": "http", "client": None})
     finally:
         setup.provider.shutdown()
+
+
+def test_the_resource_hashes_and_compares_as_the_one_it_stands_for() -> None:
+    plain = Resource.create({"service.name": "broker", "service.version": "1.2.3"})
+    fixed = _Resource(plain)
+    assert fixed == plain
+    assert hash(fixed) == hash(plain)
+    assert dict(fixed.attributes or {}) == dict(plain.attributes or {})
+    assert fixed.schema_url == plain.schema_url
 
 
 @pytest.mark.parametrize(
