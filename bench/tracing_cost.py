@@ -1,12 +1,14 @@
 """What tracing costs a cache hit, side by side in one run.
 
 Figure 5 of `make bench` (`tracing_cost`): brokers alike but for tracing (off; on with the
-default sampler, every trace kept; on with 10 % and 1 % of traces sampled), each exporting to
-an OTLP receiver on loopback, measured in alternating wrk rounds; medians, and each one's
-throughput as a ratio to the broker with tracing off in the same round.
+default sampler, every trace kept; on with 10 % and 1 % of traces sampled; on with every
+request dropped, `always_off`: what deciding alone costs), each exporting to an OTLP receiver
+on loopback, measured in alternating wrk rounds; medians, and each one's throughput as a ratio
+to the broker with tracing off in the same round. With BENCH_BASELINE=REF, the broker at REF
+(a temporary git worktree) at 10 %, 1 % and every request dropped, in the same rounds.
 
-`python -m bench.tracing_cost [REF ...]`: the same variants in process, and one where the
-sampler drops every request (`always_off`): each round drives BENCH_TRACING_HITS hits (2,000
+`python -m bench.tracing_cost [REF ...]`: the same variants in process: each round drives
+BENCH_TRACING_HITS hits (2,000
 by default, after 500 to warm up) straight through each variant's ASGI app, as
 bench/fast_path_ab.py does, the variants in a new random order every round, each in worker
 processes of its own (BENCH_TRACING_WORKERS, 2 by default, taking its rounds in turn) that
@@ -55,13 +57,19 @@ VARIANTS: dict[str, dict[str, str]] = {
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.01",
     },
+    "on, every request dropped": {"BROKER_OTEL": "on", "OTEL_TRACES_SAMPLER": "always_off"},
 }
-
-DROPPED = "on, every request dropped"
-IN_PROCESS: dict[str, dict[str, str]] = {
-    **VARIANTS,
-    DROPPED: {"BROKER_OTEL": "on", "OTEL_TRACES_SAMPLER": "always_off"},
-}
+IN_PROCESS = dict(VARIANTS)
+OFF = "off"
+# The broker at BENCH_BASELINE in the same rounds: the variants a change to tracing moves.
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+if BASELINE:
+    VARIANTS.update(
+        {
+            f"{BASELINE}: {name}": VARIANTS[name]
+            for name in ("on, 10 % sampled", "on, 1 % sampled", "on, every request dropped")
+        }
+    )
 
 Wrk = Callable[..., dict[str, float]]
 WrkScript = Callable[[Path, str, str, dict[str, str]], Path]
@@ -74,8 +82,14 @@ def tracing_cost(
     receiver = OtlpReceiver(keep=False)  # a collector's work is not the broker's: none done here
     server = ThreadedServer(receiver).start()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": server.url}
+    baseline = Path(tempfile.mkdtemp(prefix="tracing-baseline-")) if BASELINE else None
+    if baseline is not None:
+        _checkout_at(BASELINE, baseline)
     brokers = {
-        name: BrokerProcess({**settings, **otel, **extra}).wait_ready()
+        name: BrokerProcess(
+            {**settings, **otel, **extra},
+            repo=baseline if baseline and name.startswith(f"{BASELINE}: ") else REPO,
+        ).wait_ready()
         for name, extra in VARIANTS.items()
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
@@ -93,6 +107,10 @@ def tracing_cost(
         for broker in brokers.values():
             broker.terminate()
         server.stop()
+        if baseline is not None:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, check=False
+            )
     figures: dict[str, dict[str, float]] = {}
     for name, measured in runs.items():
         ratios = [m["rps"] / off["rps"] for m, off in zip(measured, runs["off"], strict=True)]
@@ -111,7 +129,6 @@ WARM_UP = 500
 ROUNDS = int(os.environ.get("BENCH_TRACING_ROUNDS", "15"))
 WORKERS = int(os.environ.get("BENCH_TRACING_WORKERS", "2"))
 LOG_LEVEL = os.environ.get("BENCH_TRACING_LOG_LEVEL", "INFO")
-OFF = "off"
 
 
 async def _worker(answers: TextIO) -> None:
@@ -191,8 +208,7 @@ async def _worker(answers: TextIO) -> None:
                 print(json.dumps([wall, used]), file=answers, flush=True)
 
 
-def _checkout(ref: str, into: Path) -> Path:
-    path = into / ref.replace("/", "_")
+def _checkout_at(ref: str, path: Path) -> Path:
     subprocess.run(
         ["git", "worktree", "add", "--detach", "--force", str(path), ref],
         cwd=REPO,
@@ -200,6 +216,10 @@ def _checkout(ref: str, into: Path) -> Path:
         capture_output=True,
     )
     return path
+
+
+def _checkout(ref: str, into: Path) -> Path:
+    return _checkout_at(ref, into / ref.replace("/", "_"))
 
 
 def _start(tree: Path, env: dict[str, str]) -> subprocess.Popen[str]:
