@@ -3,21 +3,21 @@
 Figure 5 of `make bench` (`tracing_cost`): brokers alike but for tracing (off; on with the
 default sampler, every trace kept; on with 10 % and 1 % of traces sampled; on with every
 request dropped, `always_off`: what deciding alone costs), each exporting to an OTLP receiver
-on loopback, measured in alternating wrk rounds; medians, and each one's throughput as a ratio
-to the broker with tracing off in the same round. With BENCH_BASELINE=REF, the broker at REF
-(a temporary git worktree) at 10 %, 1 % and every request dropped, in the same rounds.
+on loopback, measured in wrk rounds, in a new order each round; medians, and each one's
+throughput as a ratio to the broker with tracing off in the same round (each round's ratios
+on stderr). With BENCH_BASELINE=REF, the broker at REF (a temporary git worktree) at 10 %,
+1 % and every request dropped, in the same rounds.
 
 `python -m bench.tracing_cost [REF ...]`: the same variants in process: each round drives
-BENCH_TRACING_HITS hits (2,000
-by default, after 500 to warm up) straight through each variant's ASGI app, as
-bench/fast_path_ab.py does, the variants in a new random order every round, each in worker
-processes of its own (BENCH_TRACING_WORKERS, 2 by default, taking its rounds in turn) that
-export to one OTLP receiver in this process. Printed per variant: the median of per-round µs
-a hit on the event loop, the median of per-round differences from tracing off, and the
-process's CPU µs a hit (the export thread's included). Each REF given (a commit, HEAD) adds
-the tracing variants of the broker as it was there, from a temporary git worktree.
-BENCH_TRACING_ROUNDS (default 15); BENCH_TRACING_LOG_LEVEL (default INFO: every hit's audit
-line, to /dev/null, as production writes it).
+BENCH_TRACING_HITS hits (2,000 by default, after 500 to warm up) straight through each
+variant's ASGI app, as bench/fast_path_ab.py does, the variants in a new random order every
+round, each in worker processes of its own (BENCH_TRACING_WORKERS, 2 by default, taking its
+rounds in turn) that export to one OTLP receiver in this process. Printed per variant: the
+median of per-round µs a hit on the event loop, the median of per-round differences from
+tracing off, and the process's CPU µs a hit (the export thread's included). Each REF given (a
+commit, HEAD) adds the tracing variants of the broker as it was there, from a temporary git
+worktree. BENCH_TRACING_ROUNDS (default 15); BENCH_TRACING_LOG_LEVEL (default INFO: every
+hit's audit line, to /dev/null, as production writes it).
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ def tracing_cost(
                 httpx.post(broker.url + path, headers={"Authorization": f"Bearer {bearer}"})
                 wrk(broker.url + path, post)  # warm-up, not counted
             for _ in range(rounds):
-                for name, broker in brokers.items():
-                    runs[name].append(wrk(broker.url + path, post))
+                order = list(brokers)  # a new order each round: no variant always goes first
+                random.shuffle(order)
+                for name in order:
+                    runs[name].append(wrk(brokers[name].url + path, post))
     finally:
         for broker in brokers.values():
             broker.terminate()
@@ -118,7 +120,15 @@ def tracing_cost(
             "rps": statistics.median(m["rps"] for m in measured),
             "p99_ms": statistics.median(m["p99_ms"] for m in measured),
             "ratio": statistics.median(ratios),
+            "ratio_low": min(ratios),
+            "ratio_high": max(ratios),
         }
+        print(  # the spread, beside figure 5's medians
+            f"   ({name}: rounds' ratios {min(ratios):.2f}-{max(ratios):.2f}: "
+            + " ".join(f"{r:.2f}" for r in ratios)
+            + ")",
+            file=sys.stderr,
+        )
     figures["receiver"] = {"mib": receiver.bytes_received / 2**20}
     return figures
 
