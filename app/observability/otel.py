@@ -217,8 +217,10 @@ class Tracing:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     def start(self) -> None:
-        """Record the broker's spans from now on."""
+        """Record the broker's spans from now on. Called from the lifespan: the background
+        work it starts (a scheduled key refresh) has its spans decided by the sampler."""
         tracing.install(_Recorder(self.tracer))
+        tracing.decided(None)  # the lifespan's context, and the tasks started from it
 
     def stop(self) -> None:
         """Stop recording; send what is queued, for `flush_seconds` at most.
@@ -342,6 +344,9 @@ class TracingMiddleware:
             return
         parent = _parent(scope, self.tracing) if self.tracing.trusted else None
         sampled = self.tracing.sampled(parent)
+        if not sampled and tracing.request_sampled() is False:
+            await self.app(scope, receive, send)  # a request's own context says so already
+            return
         token = tracing.decided(sampled)
         try:
             if sampled:

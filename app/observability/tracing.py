@@ -52,11 +52,14 @@ class _NoSpan:
 
 NO_SPAN = _NoSpan()
 _recorder: Recorder | None = None
-# Whether the sampler kept the current request, decided before anything was built. False: no
-# span, no attribute, no context of OpenTelemetry's for it or for anything it does. True: its
-# spans are recorded without asking the sampler again. None outside requests (a background
-# key refresh), where the sampler decides span by span.
-_request_sampled: ContextVar[bool | None] = ContextVar("broker_request_sampled", default=None)
+# Whether spans are recorded here. True in a request the sampler kept, decided before
+# anything was built: its spans are recorded without asking the sampler again. None in the
+# broker's own background work, started from the lifespan once tracing is on (a scheduled key
+# refresh): the sampler decides span by span. False, the default, anywhere else, which is in
+# a request the sampler dropped (a server runs each request in a context of its own, not the
+# lifespan's): no span, no attribute, no context of OpenTelemetry's, for it or for anything
+# it starts, and nothing to set for it.
+_request_sampled: ContextVar[bool | None] = ContextVar("broker_request_sampled", default=False)
 
 
 def install(recorder: Recorder | None) -> None:
@@ -65,14 +68,15 @@ def install(recorder: Recorder | None) -> None:
     _recorder = recorder
 
 
-def decided(sampled: bool) -> Token[bool | None]:
-    """Mark the current request as kept (True) or dropped (False) by the sampler; reset
-    with the token."""
+def decided(sampled: bool | None) -> Token[bool | None]:
+    """Mark the current request as kept (True) or dropped (False) by the sampler, or the
+    current context as background work whose spans the sampler decides (None); reset with the
+    token."""
     return _request_sampled.set(sampled)
 
 
 def request_sampled() -> bool | None:
-    """The current request's sampling decision; None outside requests."""
+    """The current request's sampling decision; None in background work."""
     return _request_sampled.get()
 
 

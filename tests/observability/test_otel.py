@@ -3,6 +3,8 @@ is decided and what a kept one records."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.trace import SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Message, Receive, Scope, Send
@@ -159,20 +161,25 @@ def test_inside_a_kept_request_every_span_is_kept_with_its_attributes() -> None:
         "broker.token.requested_ttl": 900,
         "broker.token.source": "cache",
     }
-    assert tracing.request_sampled() is None  # the request is over
+    assert tracing.request_sampled() is False  # the request is over
 
 
-def test_outside_requests_the_configured_sampler_decides() -> None:
-    tracer, exporter = _recorded(ALWAYS_OFF)
+@pytest.mark.parametrize(("sampler", "kept"), [(ALWAYS_OFF, []), (ALWAYS_ON, ["child", "root"])])
+def test_in_background_work_the_configured_sampler_decides(
+    sampler: Sampler, kept: list[str]
+) -> None:
+    tracer, exporter = _recorded(sampler)
     tracing.install(_Recorder(tracer))
+    background = tracing.decided(None)
     try:
-        with tracing.span("identity_provider fetch_keys") as span:  # a root, dropped
+        with tracing.span("root") as span:  # a scheduled key refresh, say
             span.set_attributes({"broker.keys.outcome": "ok"})
             with tracing.span("child"):
                 pass
     finally:
+        tracing.reset(background)
         tracing.install(None)
-    assert exporter.get_finished_spans() == ()
+    assert [span.name for span in exporter.get_finished_spans()] == kept
 
 
 def _request_scope() -> dict[str, Any]:
@@ -186,8 +193,10 @@ def _request_scope() -> dict[str, Any]:
 
 
 async def _through_middleware(
-    monkeypatch: pytest.MonkeyPatch, sampler: str
+    monkeypatch: pytest.MonkeyPatch, sampler: str, context: bool | None = False
 ) -> tuple[list[bool | None], tuple[ReadableSpan, ...]]:
+    """One request through the middleware, in a context of its own as a server runs it
+    (`context`: what that context says before the middleware decides)."""
     exporter = InMemorySpanExporter()
     monkeypatch.setattr(otel, "OTLPSpanExporter", lambda: exporter)
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
@@ -209,12 +218,17 @@ async def _through_middleware(
     async def send(message: Message) -> None:
         return None
 
-    setup.start()
-    try:
+    async def request() -> None:
+        token = tracing.decided(context)
         await TracingMiddleware(app, tracing_=setup)(_request_scope(), receive, send)
+        seen.append(tracing.request_sampled())  # as it was before the request
+        tracing.reset(token)
+
+    contextvars.copy_context().run(setup.start)  # the lifespan's context, not the request's
+    try:
+        await asyncio.create_task(request())
     finally:
         setup.stop()
-    seen.append(tracing.request_sampled())
     return seen, exporter.get_finished_spans()
 
 
@@ -222,7 +236,7 @@ async def test_a_kept_request_is_a_server_span_with_its_children(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen, spans = await _through_middleware(monkeypatch, "always_on")
-    assert seen == [True, None]
+    assert seen == [True, False]
     child, request = spans
     assert request.kind is SpanKind.SERVER
     assert request.name == "POST request"  # no route in this scope
@@ -238,7 +252,12 @@ async def test_a_kept_request_is_a_server_span_with_its_children(
     assert dict(child.attributes or {}) == {"broker.identity.outcome": "ok"}
 
 
-async def test_a_dropped_request_builds_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen, spans = await _through_middleware(monkeypatch, "always_off")
-    assert seen == [False, None]
+@pytest.mark.parametrize("context", [False, None])
+async def test_a_dropped_request_builds_no_span(
+    monkeypatch: pytest.MonkeyPatch, context: bool | None
+) -> None:
+    """Whether its context was left as nobody marked it (a server's), or came from the
+    lifespan's own (where the sampler decides span by span)."""
+    seen, spans = await _through_middleware(monkeypatch, "always_off", context)
+    assert seen == [False, context]
     assert spans == ()

@@ -3,6 +3,7 @@ their type."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,9 @@ def recorded() -> Iterator[InMemorySpanExporter]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.install(_Recorder(provider.get_tracer("test")))
+    background = tracing.decided(None)  # outside requests, as the lifespan's own work
     yield exporter
+    tracing.reset(background)
     tracing.install(None)
 
 
@@ -93,6 +96,7 @@ def test_a_trace_the_sampler_dropped_builds_no_children_but_roots_still_start() 
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     tracing.install(_Recorder(tracer))
+    background = tracing.decided(None)  # outside requests, as the lifespan's own work
     try:
         with tracer.start_as_current_span("request (not sampled)"):
             child = tracing.span("broker.token")
@@ -103,5 +107,17 @@ def test_a_trace_the_sampler_dropped_builds_no_children_but_roots_still_start() 
         with tracing.span("identity_provider fetch_keys"):  # no request around it: a root
             pass
     finally:
+        tracing.reset(background)
         tracing.install(None)
     assert [span.name for span in exporter.get_finished_spans()] == ["identity_provider fetch_keys"]
+
+
+def test_spans_are_recorded_only_where_something_said_so(recorded: InMemorySpanExporter) -> None:
+    """A context nobody marked (a server's request context before the middleware decides,
+    a dropped request's) records nothing; the lifespan's own work, marked, does."""
+    with tracing.span("background"):
+        pass
+    unmarked = contextvars.Context()
+    assert unmarked.run(tracing.request_sampled) is False
+    assert unmarked.run(tracing.span, "unmarked") is tracing.NO_SPAN
+    assert [span.name for span in recorded.get_finished_spans()] == ["background"]
