@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     Sampler,
     SamplingResult,
+    StaticSampler,
     TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
@@ -255,7 +256,7 @@ class Tracing:
             if context.is_valid:
                 return context.trace_flags.sampled
         bound = self._bound
-        if bound is not None:  # what a ratio sampler decides on a random trace id's low half
+        if bound is not None:  # what the sampler decides on a random trace id's low half
             return random.getrandbits(64) < bound
         trace_id = random.getrandbits(128) or 1
         decision = self.sampler.should_sample(Context(), trace_id, "request").decision
@@ -263,10 +264,16 @@ class Tracing:
 
 
 def _ratio_bound(sampler: Sampler) -> int | None:
-    """The bound of the ratio that decides a new trace, when the configured sampler is one
-    (`traceidratio`, or `parentbased_traceidratio`'s root); else None: the sampler is asked."""
+    """What decides a new trace, as a bound on 64 random bits, when the configured sampler
+    (or a parent-based one's root) is a ratio (`traceidratio`) or the same answer for every
+    trace (`always_on`, 2**64; `always_off`, 0); else None: the sampler is asked."""
     root = getattr(sampler, "_root", sampler) if isinstance(sampler, ParentBased) else sampler
-    return root.bound if isinstance(root, TraceIdRatioBased) else None
+    if isinstance(root, TraceIdRatioBased):
+        return root.bound
+    if isinstance(root, StaticSampler):
+        kept = root.should_sample(Context(), 1, "request").decision
+        return 1 << 64 if kept is Decision.RECORD_AND_SAMPLE else 0
+    return None
 
 
 class _Decided(Sampler):
