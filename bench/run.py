@@ -7,8 +7,9 @@ Prints, with the machine it ran on:
    request at a time, then under load from wrk (every request a new user);
 3. coalescing: upstream calls for 1,000 concurrent requests of one user, and of 1,000 users;
 4. resident memory after 100,000 distinct users, unbounded vs BROKER_CACHE_MAX_ENTRIES;
-5. what tracing costs a cache hit: off, on with the default sampler, on at 10 % (bench/
-   tracing_cost.py), each exporting to an OTLP receiver on loopback.
+5. what tracing costs a cache hit: off; on with every request kept, at 10 %, at 1 % and
+   with every request dropped (bench/tracing_cost.py), each exporting to an OTLP receiver
+   on loopback, in a new order each round (BENCH_BASELINE adds the broker at that ref).
 
 BENCH_ONLY=hit,miss,load,coalescing,memory,tracing picks phases (and BENCH_ONLY=hop, not run
 by default, shows where one HTTP hop's time goes by forwarder); BENCH_ROUNDS, BENCH_LOAD_ROUNDS,
