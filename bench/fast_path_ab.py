@@ -134,17 +134,6 @@ async def _worker(variant: str, answers: TextIO) -> None:
                 print((time.perf_counter() - started) / HITS * 1e6, file=answers, flush=True)
 
 
-def _checkout(ref: str, into: Path) -> Path:
-    path = into / ref.replace("/", "_")
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--force", str(path), ref],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return path
-
-
 def _start(variant: str, tree: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, "--worker", variant],
@@ -173,8 +162,10 @@ def _round(worker: subprocess.Popen[str]) -> float:
 
 def main(refs: list[str]) -> None:
     """Start the workers, run the rounds, print the medians."""
+    from bench import worktrees  # here: a worker imports another tree's packages
+
     with tempfile.TemporaryDirectory(prefix="fast-path-ab-") as tmp:
-        trees = {ref: _checkout(ref, Path(tmp)) for ref in refs}
+        trees = {ref: worktrees.checkout(ref, Path(tmp)) for ref in refs}
         try:
             sources = {THIS_TREE: REPO, FASTAPI: REPO, **trees}
             started = {v: [_start(v, tree) for _ in range(WORKERS)] for v, tree in sources.items()}
@@ -190,10 +181,7 @@ def main(refs: list[str]) -> None:
                 worker.stdin.close()
                 worker.wait()
         finally:
-            for tree in trees.values():
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False
-                )
+            worktrees.remove(trees.values())
     built = results[THIS_TREE]
     print(f"a cache hit in process, µs: median of {ROUNDS} rounds of {HITS} hits (lowest-highest)")
     for variant, values in results.items():

@@ -42,6 +42,7 @@ from jose import jwt
 from app.sandbox.dev_issuer import DevIssuer
 from app.videodb.client import UPSTREAM_TOKEN_PATH
 from app.web.token_endpoint import TOKEN_PATH
+from bench import worktrees
 from bench.tracing_cost import VARIANTS, tracing_cost
 from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
 from harness.servers import ThreadedServer
@@ -603,18 +604,6 @@ def _settings(videodb_url: str, jwks_url: str | None, **extra: str) -> dict[str,
 BASELINE = os.environ.get("BENCH_BASELINE", "")
 
 
-def _baseline_checkout(ref: str) -> Path:
-    """The repository at `ref`, in a temporary worktree beside this one."""
-    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--force", str(path), ref],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return path
-
-
 def main() -> int:
     """Run every measurement and print the figures."""
     if shutil.which("wrk") is None:
@@ -627,7 +616,7 @@ def main() -> int:
         settings = _settings(videodb_url, issuer_server.url + "/jwks.json")
         broker = BrokerProcess(settings)
         broker.wait_ready()
-        baseline = _baseline_checkout(BASELINE) if BASELINE else None
+        baseline = worktrees.checkout(BASELINE) if BASELINE else None
         before = BrokerProcess(settings, repo=baseline).wait_ready() if baseline else None
         print(f"machine: {machine()}")
         print("broker: one uvicorn worker, JSON logs at INFO; stand-ins on loopback")
@@ -652,9 +641,7 @@ def main() -> int:
             if before is not None:
                 before.terminate()
             if baseline is not None:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, check=False
-                )
+                worktrees.remove([baseline])
         if "memory" in PHASES:
             report_memory(videodb_url)
     finally:

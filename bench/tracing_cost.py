@@ -79,12 +79,12 @@ def tracing_cost(
     settings: dict[str, str], bearer: str, path: str, rounds: int, wrk: Wrk, script: WrkScript
 ) -> dict[str, dict[str, float]]:
     """Median req/s, p99 and ratio to tracing off, for each variant; MiB the receiver got."""
+    from bench import worktrees  # here: a worker imports another tree's packages
+
     receiver = OtlpReceiver(keep=False)  # a collector's work is not the broker's: none done here
     server = ThreadedServer(receiver).start()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": server.url}
-    baseline = Path(tempfile.mkdtemp(prefix="tracing-baseline-")) if BASELINE else None
-    if baseline is not None:
-        _checkout_at(BASELINE, baseline)
+    baseline = worktrees.checkout(BASELINE) if BASELINE else None
     brokers = {
         name: BrokerProcess(
             {**settings, **otel, **extra},
@@ -110,9 +110,7 @@ def tracing_cost(
             broker.terminate()
         server.stop()
         if baseline is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, check=False
-            )
+            worktrees.remove([baseline])
     figures: dict[str, dict[str, float]] = {}
     for name, measured in runs.items():
         ratios = [m["rps"] / off["rps"] for m, off in zip(measured, runs["off"], strict=True)]
@@ -218,20 +216,6 @@ async def _worker(answers: TextIO) -> None:
                 print(json.dumps([wall, used]), file=answers, flush=True)
 
 
-def _checkout_at(ref: str, path: Path) -> Path:
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--force", str(path), ref],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return path
-
-
-def _checkout(ref: str, into: Path) -> Path:
-    return _checkout_at(ref, into / ref.replace("/", "_"))
-
-
 def _start(tree: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OTEL_"))}
     return subprocess.Popen(
@@ -262,11 +246,13 @@ def _round(worker: subprocess.Popen[str]) -> tuple[float, float]:
 
 def main(refs: list[str]) -> None:
     """Start the receiver and the workers, run the rounds, print the medians."""
+    from bench import worktrees  # here: a worker imports another tree's packages
+
     receiver = OtlpReceiver(keep=False)
     server = ThreadedServer(receiver).start()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": server.url}
     with tempfile.TemporaryDirectory(prefix="tracing-cost-") as tmp:
-        trees = {ref: _checkout(ref, Path(tmp)) for ref in refs}
+        trees = {ref: worktrees.checkout(ref, Path(tmp)) for ref in refs}
         try:
             sources: dict[str, tuple[Path, dict[str, str]]] = {
                 name: (REPO, {**otel, **env}) for name, env in IN_PROCESS.items()
@@ -291,10 +277,7 @@ def main(refs: list[str]) -> None:
                 worker.stdin.close()
                 worker.wait()
         finally:
-            for tree in trees.values():
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False
-                )
+            worktrees.remove(trees.values())
             server.stop()
     off = [wall for wall, _ in results[OFF]]
     print(
