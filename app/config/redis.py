@@ -104,7 +104,8 @@ def redis_target(
             if value
         ]
         if others:
-            raise ValueError(f"{', '.join(others)} need BROKER_REDIS_URL")
+            verb = "needs" if len(others) == 1 else "need"
+            raise ValueError(f"{', '.join(others)} {verb} BROKER_REDIS_URL")
         return None
     parts = urlsplit(url.get_secret_value())
     if ca_file is not None:

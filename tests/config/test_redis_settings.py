@@ -59,9 +59,14 @@ def test_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("env", "variable", "words"),
     [
-        ({"BROKER_REDIS_CLUSTER": "on"}, "BROKER_REDIS_CLUSTER", "need BROKER_REDIS_URL"),
-        ({"BROKER_REDIS_SENTINELS": "s:26379"}, "BROKER_REDIS_SENTINELS", "need BROKER_REDIS_URL"),
-        ({"BROKER_REDIS_CA_FILE": "/ca.pem"}, "BROKER_REDIS_CA_FILE", "need BROKER_REDIS_URL"),
+        ({"BROKER_REDIS_CLUSTER": "on"}, "BROKER_REDIS_CLUSTER", "needs BROKER_REDIS_URL"),
+        ({"BROKER_REDIS_SENTINELS": "s:26379"}, "BROKER_REDIS_SENTINELS", "needs BROKER_REDIS_URL"),
+        ({"BROKER_REDIS_CA_FILE": "/ca.pem"}, "BROKER_REDIS_CA_FILE", "needs BROKER_REDIS_URL"),
+        (
+            {"BROKER_REDIS_CLUSTER": "on", "BROKER_REDIS_SENTINELS": "s:26379"},
+            "BROKER_REDIS_CLUSTER, BROKER_REDIS_SENTINELS",
+            "need BROKER_REDIS_URL",
+        ),
         (
             {"BROKER_REDIS_URL": URL, "BROKER_REDIS_CA_FILE": "/etc/hostname"},
             "BROKER_REDIS_CA_FILE",
