@@ -5,7 +5,8 @@ default sampler, every trace kept; on with 10 % and 1 % of traces sampled; on wi
 request dropped, `always_off`: what deciding alone costs), each exporting to an OTLP receiver
 on loopback, measured in wrk rounds, in a new order each round; medians, and each one's
 throughput as a ratio to the broker with tracing off in the same round (each round's ratios
-on stderr). With BENCH_BASELINE=REF, the broker at REF (a temporary git worktree) at 10 %,
+on stderr). Each variant runs in BENCH_TRACING_PROCESSES processes (3 by default) that take
+its rounds in turn. With BENCH_BASELINE=REF, the broker at REF (a temporary git worktree) at 10 %,
 1 % and every request dropped, in the same rounds.
 
 `python -m bench.tracing_cost [REF ...]`: the same variants in process: each round drives
@@ -71,6 +72,8 @@ if BASELINE:
         }
     )
 
+PROCESSES = int(os.environ.get("BENCH_TRACING_PROCESSES", "3"))
+
 Wrk = Callable[..., dict[str, float]]
 WrkScript = Callable[[Path, str, str, dict[str, str]], Path]
 
@@ -85,11 +88,16 @@ def tracing_cost(
     server = ThreadedServer(receiver).start()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": server.url}
     baseline = worktrees.checkout(BASELINE) if BASELINE else None
+    # Several processes a variant, taking its rounds in turn: two processes of the same code
+    # differ steadily by a few per cent for as long as they live (docs/performance.md).
     brokers = {
-        name: BrokerProcess(
-            {**settings, **otel, **extra},
-            repo=baseline if baseline and name.startswith(f"{BASELINE}: ") else REPO,
-        ).wait_ready()
+        name: [
+            BrokerProcess(
+                {**settings, **otel, **extra},
+                repo=baseline if baseline and name.startswith(f"{BASELINE}: ") else REPO,
+            ).wait_ready()
+            for _ in range(PROCESSES)
+        ]
         for name, extra in VARIANTS.items()
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
@@ -97,16 +105,16 @@ def tracing_cost(
         with tempfile.TemporaryDirectory() as tmp:
             headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
             post = script(Path(tmp), "post.lua", "{}", headers)
-            for broker in brokers.values():
+            for broker in (b for each in brokers.values() for b in each):
                 httpx.post(broker.url + path, headers={"Authorization": f"Bearer {bearer}"})
                 wrk(broker.url + path, post)  # warm-up, not counted
-            for _ in range(rounds):
+            for turn in range(rounds):
                 order = list(brokers)  # a new order each round: no variant always goes first
                 random.shuffle(order)
                 for name in order:
-                    runs[name].append(wrk(brokers[name].url + path, post))
+                    runs[name].append(wrk(brokers[name][turn % PROCESSES].url + path, post))
     finally:
-        for broker in brokers.values():
+        for broker in (b for each in brokers.values() for b in each):
             broker.terminate()
         server.stop()
         if baseline is not None:
