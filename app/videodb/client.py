@@ -193,16 +193,18 @@ class VideoDBClient:
             ) from None
 
     async def _exchange(self, method: str, path: str, payload: dict[str, object] | None) -> Answer:
-        content = b"" if payload is None else json.dumps(payload).encode()
         url = self._urls.get(path) or httpx.URL(self._base + path)
         # The request whole, as httpx would send it: the client's headers and timeouts fixed
-        # at start, Host and Content-Length added here (build_request would merge the
-        # client's headers, cookies and parameters into every call anew).
-        headers = [
-            *(self._json_headers if payload is not None else self._headers),
-            (b"Host", url.netloc),
-            (b"Content-Length", str(len(content)).encode()),
-        ]
+        # at start, Host (and a body's Content-Length) added here (build_request would merge
+        # the client's headers, cookies and parameters into every call anew). A GET carries
+        # no body and no Content-Length, as httpx sends it.
+        if payload is None:
+            content = b""
+            headers = [*self._headers, (b"Host", url.netloc)]
+        else:
+            content = json.dumps(payload).encode()
+            length = str(len(content)).encode()
+            headers = [*self._json_headers, (b"Host", url.netloc), (b"Content-Length", length)]
         request = httpx.Request(
             method,
             url,

@@ -313,6 +313,25 @@ async def test_no_cookie_is_kept_and_no_trace_header_sent_on_the_wire() -> None:
     assert b"tracestate" not in second
 
 
+async def test_a_read_carries_no_body_and_no_content_length_on_the_wire() -> None:
+    heads: list[bytes] = []
+
+    async def records(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_request(reader))
+        writer.write(answer())  # any record: `data` is what a session read returns
+        await writer.drain()
+
+    async with peer(records) as url, videodb_client(url) as client:
+        record = await client.get_capture_session("cap-1")
+    head = heads[0].lower()
+    assert head.startswith(b"get /collection/default/capture/session/cap-1 http/1.1\r\n")
+    assert head.count(b"host: 127.0.0.1:") == 1
+    assert b"content-length" not in head  # as httpx sends a GET: no body, no length
+    assert b"content-type" not in head
+    assert head.endswith(b"\r\n\r\n")  # nothing after the head
+    assert record["token"] == "st-fresh"
+
+
 async def test_https_proxy_from_the_environment_tunnels_and_no_proxy_bypasses_it(
     tmp_path: Path, plain_environment: pytest.MonkeyPatch
 ) -> None:
