@@ -31,7 +31,6 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -51,10 +50,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.observability import tracing
+from app.observability.export_process import ExportProcess
 from app.urls import host_of
 
 DEFAULT_SERVICE_NAME = "videodb-token-broker"
-_EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
+_SDK_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
 DEFAULT_EXPORT_TIMEOUT = 10.0  # seconds: the OTLP exporter's own default
 # The most shutdown waits for queued spans. In Kubernetes a pod has terminationGracePeriod
 # (40 s) for the preStop sleep (5 s), draining (up to 30 s) and this; past it, it is killed.
@@ -119,19 +119,6 @@ def _failed(span: trace.Span, exc: BaseException) -> None:
     span.set_attribute("error.type", type(exc).__name__)
 
 
-class _Resource(Resource):
-    """A resource whose hash is worked out once. The OTLP encoder groups every exported span
-    by its resource, and Resource's own hash serialises its attributes as JSON each time; a
-    resource is immutable, so its hash never changes (docs/performance.md, "Tracing")."""
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource.attributes, resource.schema_url)
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
 class _OncePerIncident(SpanExporter):
     """The OTLP exporter, its failures logged once when they start and once when they end."""
 
@@ -165,14 +152,10 @@ class _OncePerIncident(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
-def shutdown_flush_seconds() -> float:
-    """How long shutdown waits for queued spans: the exporter's timeout, 5 s at most.
-
-    The SDK bounds each export by that timeout, not the flush: with an export in flight and
-    more batches queued, a collector that accepts and never answers holds the exit for a
-    timeout per batch, up to the SDK's own ceiling (docs/performance.md). Read as the exporter
-    reads it: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else OTEL_EXPORTER_OTLP_TIMEOUT, seconds.
-    """
+def export_timeout_seconds() -> float:
+    """The exporter's timeout for one export, read as the exporter reads it:
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else OTEL_EXPORTER_OTLP_TIMEOUT, seconds; 10 if unset
+    or not a positive number."""
     raw = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TIMEOUT"
     )
@@ -182,7 +165,22 @@ def shutdown_flush_seconds() -> float:
         seconds = DEFAULT_EXPORT_TIMEOUT
     if not 0 < seconds < math.inf:
         seconds = DEFAULT_EXPORT_TIMEOUT
-    return min(seconds, MAX_SHUTDOWN_FLUSH_SECONDS)
+    return seconds
+
+
+def shutdown_flush_seconds() -> float:
+    """How long shutdown waits for queued spans: the exporter's timeout, 5 s at most.
+
+    The SDK bounds each export by that timeout, not the flush: with an export in flight and
+    more batches queued, a collector that accepts and never answers holds the exit for a
+    timeout per batch, up to the SDK's own ceiling (docs/performance.md).
+    """
+    return min(export_timeout_seconds(), MAX_SHUTDOWN_FLUSH_SECONDS)
+
+
+def _span_exporter(resource: Resource) -> SpanExporter:
+    """OpenTelemetry's OTLP exporter, run in a process of its own (export_process.py)."""
+    return ExportProcess(resource, export_timeout_seconds())
 
 
 def _collector() -> str:
@@ -206,15 +204,15 @@ class Tracing:
         # built (TracingMiddleware); the provider then samples what was decided.
         self.sampler = TracerProvider(shutdown_on_exit=False).sampler
         self._bound = _ratio_bound(self.sampler)
-        self.provider = TracerProvider(
-            resource=_Resource(Resource.create(attributes)), sampler=_Decided(self.sampler)
-        )
-        exporter = _OncePerIncident(OTLPSpanExporter(), _collector())
+        resource = Resource.create(attributes)
+        self.provider = TracerProvider(resource=resource, sampler=_Decided(self.sampler))
+        self.exporter = _span_exporter(resource)
+        exporter = _OncePerIncident(self.exporter, _collector())
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("videodb-token-broker", __version__)
         self.flush_seconds = shutdown_flush_seconds()
         self.trusted = tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies)
-        for name in _EXPORTER_LOGGERS:  # _OncePerIncident says it once; they would say it always
+        for name in _SDK_LOGGERS:  # _OncePerIncident says it once; they would say it always
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     def start(self) -> None:
@@ -227,13 +225,16 @@ class Tracing:
         """Stop recording; send what is queued, for `flush_seconds` at most.
 
         The SDK's shutdown runs on a daemon thread of its own and is left behind when it
-        overruns: the process exits without it, and what was still queued is lost.
+        overruns, the export process killed: the broker exits without them, and what was
+        still queued is lost.
         """
         tracing.install(None)
         flush = threading.Thread(target=self.provider.shutdown, name="otel-flush", daemon=True)
         flush.start()
         flush.join(self.flush_seconds)
         if flush.is_alive():
+            if isinstance(self.exporter, ExportProcess):
+                self.exporter.abandon()  # its child ends now, not when its export times out
             log.warning(
                 "trace_flush_cut_short",
                 collector=_collector(),

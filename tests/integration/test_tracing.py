@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -383,3 +385,49 @@ def test_a_collector_that_never_answers_holds_up_shutdown_no_longer_than_the_flu
     assert cut["waited_s"] == bound
     assert cut["collector"] == "127.0.0.1"
     assert not re.search(r"Traceback", broker.output())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_spans_are_encoded_in_a_child_of_the_broker_that_ends_with_it(
+    idp: FakeIdentityProvider,
+    videodb_server: tuple[StandInVideoDB, ThreadedServer],
+    receiver: tuple[OtlpReceiver, ThreadedServer],
+    stop: signal.Signals,
+) -> None:
+    """The OTLP encoding runs in `python -m app.observability.export_process`, started by the
+    broker; whether the broker shuts down or is killed, it leaves no process behind."""
+    _, server = videodb_server
+    collected, collector = receiver
+    broker = BrokerProcess(broker_settings(idp, server.url, **_otel(collector.url))).wait_ready()
+    try:
+        assert _post(broker, idp.issuers[0].mint("child-user", AUDIENCE)).status_code == 200
+        _wait_for(lambda: bool(collected.spans()), "exported span")
+        (child,) = [
+            pid
+            for pid in _child_processes(broker.proc.pid)
+            if b"app.observability.export_process" in _cmdline(pid)
+        ]
+        broker.proc.send_signal(stop)
+        broker.proc.wait(timeout=35)
+    finally:
+        broker.terminate()
+    _wait_for(lambda: not _running(child), "end of the export process")
+    assert not re.search(r"Traceback", broker.output())
+
+
+def _child_processes(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import structlog
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,7 +26,6 @@ from app.observability.otel import (
     _Decided,
     _OncePerIncident,
     _Recorder,
-    _Resource,
 )
 
 
@@ -77,15 +75,6 @@ def test_only_a_trusted_proxy_may_continue_a_trace(
         assert not setup.trusts({"type": "http", "client": None})
     finally:
         setup.provider.shutdown()
-
-
-def test_the_resource_hashes_and_compares_as_the_one_it_stands_for() -> None:
-    plain = Resource.create({"service.name": "broker", "service.version": "1.2.3"})
-    fixed = _Resource(plain)
-    assert fixed == plain
-    assert hash(fixed) == hash(plain)
-    assert dict(fixed.attributes or {}) == dict(plain.attributes or {})
-    assert fixed.schema_url == plain.schema_url
 
 
 @pytest.mark.parametrize(
@@ -200,7 +189,7 @@ async def _through_middleware(
     """One request through the middleware, in a context of its own as a server runs it
     (`context`: what that context says before the middleware decides)."""
     exporter = InMemorySpanExporter()
-    monkeypatch.setattr(otel, "OTLPSpanExporter", lambda: exporter)
+    monkeypatch.setattr(otel, "_span_exporter", lambda resource: exporter)
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
     setup = Tracing([])
     seen: list[bool | None] = []

@@ -1,0 +1,260 @@
+"""The OTLP exporter in a process of its own, so that encoding spans never takes the GIL the
+event loop needs.
+
+The SDK's batch processor still queues and batches the spans in the broker (a full queue
+drops, as before); each batch then crosses a pipe as plain values (names, ids, times,
+attributes: a few µs a span, pickled by `multiprocessing`) to a child process that rebuilds
+the spans and hands them to OpenTelemetry's own OTLP exporter. Encoding a span to protobuf
+and posting it cost the broker about 27 µs a span on its only thread that matters; in
+process with the loop, that was half of what a kept request cost (docs/performance.md,
+"Tracing out of the loop's process").
+
+The child, `python -m app.observability.export_process`, is started on first use: a fresh
+interpreter (never a `fork` of a process with threads) that imports only the exporter, reads
+the same `OTEL_*` variables, and sits in a session of its own, so a terminal's Ctrl-C reaches
+the broker alone. It exits when its pipe closes, whether the broker shut down or died; a
+child that died or hung is killed and replaced at the next batch, and its batch is reported
+as failed, so that `otel.py` logs it once per incident. The pipes carry
+`multiprocessing.connection`'s framing (length-prefixed pickles) between two processes of
+the same program; nothing else can write to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+# A span as plain values, what crosses the pipe: see _wire for the fields.
+Wired = tuple[Any, ...]
+# How long past the exporter's own timeout the broker waits for a batch's answer before it
+# takes the child for hung: room for a new child's imports on a busy machine.
+ANSWER_SLACK_SECONDS = 5.0
+
+
+def _wire(span: ReadableSpan) -> Wired:
+    """A finished span's fields, as values any process can rebuild it from."""
+    context = span.get_span_context()
+    assert context is not None  # every span the SDK ends has one
+    parent = span.parent
+    scope = span.instrumentation_scope
+    return (
+        span.name,
+        _wired_context(context),
+        None if parent is None else _wired_context(parent),
+        span.kind.value,
+        span.start_time,
+        span.end_time,
+        span.status.status_code.value,
+        span.status.description,
+        dict(span.attributes or {}),
+        tuple((e.name, dict(e.attributes or {}), e.timestamp) for e in span.events),
+        tuple((_wired_context(k.context), dict(k.attributes or {})) for k in span.links),
+        None if scope is None else (scope.name, scope.version, scope.schema_url),
+    )
+
+
+def _wired_context(context: SpanContext) -> Wired:
+    return (
+        context.trace_id,
+        context.span_id,
+        context.is_remote,
+        int(context.trace_flags),
+        tuple(context.trace_state.items()),
+    )
+
+
+def _context(wired: Wired) -> SpanContext:
+    trace_id, span_id, is_remote, flags, state = wired
+    return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), TraceState(state))
+
+
+def _unwire(wired: Wired, resource: Resource) -> ReadableSpan:
+    """The span `_wire` took apart, with the broker's resource."""
+    (
+        name,
+        context,
+        parent,
+        kind,
+        start,
+        end,
+        status_code,
+        description,
+        attributes,
+        events,
+        links,
+        scope,
+    ) = wired
+    return ReadableSpan(
+        name=name,
+        context=_context(context),
+        parent=None if parent is None else _context(parent),
+        resource=resource,
+        attributes=attributes,
+        events=[Event(n, a, timestamp=t) for n, a, t in events],
+        links=[Link(_context(c), a) for c, a in links],
+        kind=SpanKind(kind),
+        status=Status(StatusCode(status_code), description),
+        start_time=start,
+        end_time=end,
+        instrumentation_scope=None if scope is None else InstrumentationScope(*scope),
+    )
+
+
+class _Resource(Resource):
+    """A resource whose hash is worked out once. The OTLP encoder groups every exported span
+    by its resource, and Resource's own hash serialises its attributes as JSON each time; a
+    resource is immutable, so its hash never changes (docs/performance.md, "Tracing")."""
+
+    def __init__(self, attributes: dict[str, Any], schema_url: str) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+def _serve(batches: Connection, answers: Connection) -> None:
+    """The child: the resource first, then each batch exported and answered with whether it
+    went out; at the end of the pipe, the exporter's own shutdown."""
+    # Nothing here logs: the broker logs a failed batch, once per incident (otel.py), in its
+    # own format; a library's own line would reach stderr raw.
+    logging.disable(logging.CRITICAL)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    attributes, schema_url = batches.recv()
+    resource = _Resource(attributes, schema_url)
+    exporter: SpanExporter = OTLPSpanExporter()
+    try:
+        while True:
+            try:
+                batch: list[Wired] = batches.recv()
+            except EOFError:
+                return
+            try:
+                spans = [_unwire(wired, resource) for wired in batch]
+                sent = exporter.export(spans) is SpanExportResult.SUCCESS
+            except Exception:  # the exporter's own bug must not end the child
+                sent = False
+            answers.send(sent)
+    finally:
+        exporter.shutdown()
+
+
+class ExportProcess(SpanExporter):
+    """A span exporter that hands each batch to the OTLP exporter in a child process. The
+    SDK's batch processor calls it from one thread at a time."""
+
+    def __init__(self, resource: Resource, export_timeout: float) -> None:
+        self._resource = (dict(resource.attributes), resource.schema_url)
+        self._answer_within = export_timeout + ANSWER_SLACK_SECONDS
+        self._child: subprocess.Popen[bytes] | None = None
+        self._batches: Connection | None = None
+        self._answers: Connection | None = None
+        self._abandoned = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._abandoned:
+            return SpanExportResult.FAILURE
+        batch = [_wire(span) for span in spans]
+        try:
+            batches, answers = self._connected()
+            batches.send(batch)
+            if not answers.poll(self._answer_within):  # hung: killed, a new child next time
+                self._end_child()
+                return SpanExportResult.FAILURE
+            sent: bool = answers.recv()
+        except (OSError, EOFError):  # it died (or could not start): a new child next time
+            self._end_child()
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        """Close the pipe: the child exports nothing more, shuts its exporter down, exits."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+        if self._child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then killed
+                self._child.wait(self._answer_within)
+        self._end_child()
+
+    def abandon(self) -> None:
+        """Kill the child now and export nothing more: shutdown ran out of time. Called from
+        another thread than the exports: one in flight sees its child's end and cleans up."""
+        self._abandoned = True
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.kill()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True  # each batch is answered before the next is sent: nothing is held here
+
+    @property
+    def child_pid(self) -> int | None:
+        return None if self._child is None else self._child.pid
+
+    def _connected(self) -> tuple[Connection, Connection]:
+        if self._batches is None or self._answers is None or self._child is None:
+            self._start_child()
+        elif self._child.poll() is not None:
+            self._end_child()
+            self._start_child()
+        assert self._batches is not None
+        assert self._answers is not None
+        return self._batches, self._answers
+
+    def _start_child(self) -> None:
+        to_child, batches = os.pipe()
+        answers, from_child = os.pipe()
+        source = str(Path(__file__).resolve().parents[2])  # where `app` is, installed or not
+        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+        try:
+            self._child = subprocess.Popen(  # noqa: S603 (this interpreter, this module)
+                [sys.executable, "-m", __name__, str(to_child), str(from_child)],
+                pass_fds=(to_child, from_child),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
+                start_new_session=True,  # a terminal's Ctrl-C is for the broker
+            )
+        except BaseException:
+            os.close(batches)
+            os.close(answers)
+            raise
+        finally:
+            os.close(to_child)
+            os.close(from_child)
+        self._batches = Connection(batches, readable=False)
+        self._answers = Connection(answers, writable=False)
+        self._batches.send(self._resource)
+
+    def _end_child(self) -> None:
+        for connection in (self._batches, self._answers):
+            if connection is not None:
+                connection.close()
+        self._batches = self._answers = None
+        if self._child is not None:
+            if self._child.poll() is None:
+                self._child.kill()
+            self._child.wait()
+            self._child = None
+
+
+if __name__ == "__main__":
+    _serve(
+        Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    )
