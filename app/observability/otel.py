@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
@@ -49,7 +50,7 @@ from opentelemetry.util.types import Attributes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.observability import tracing
+from app.observability import kept_spans, tracing
 from app.observability.export_process import ExportProcess
 from app.urls import host_of
 
@@ -100,7 +101,12 @@ class _Recorder:
     def span(
         self, name: str, attributes: dict[str, tracing.AttributeValue]
     ) -> AbstractContextManager[tracing.Annotatable]:
-        if tracing.request_sampled() is None:  # outside requests: the sampler decided a root
+        sampled = tracing.request_sampled()
+        if sampled:  # in a kept request: built finished (kept_spans.py)
+            kept = kept_spans.current()
+            if kept is not None:
+                return kept.child(name, attributes)
+        elif sampled is None:  # outside requests: the sampler decided a root
             parent = trace.get_current_span()
             if parent.get_span_context().is_valid and not parent.is_recording():
                 # Inside a trace the sampler dropped: its children would be dropped too (the
@@ -110,7 +116,11 @@ class _Recorder:
         return _Child(self._tracer, name, attributes)
 
     def annotate(self, attributes: dict[str, tracing.AttributeValue]) -> None:
-        trace.get_current_span().set_attributes(attributes)
+        kept = kept_spans.current() if tracing.request_sampled() else None
+        if kept is not None:
+            kept.set_attributes(attributes)
+        else:
+            trace.get_current_span().set_attributes(attributes)
 
 
 def _failed(span: trace.Span, exc: BaseException) -> None:
@@ -208,8 +218,15 @@ class Tracing:
         self.provider = TracerProvider(resource=resource, sampler=_Decided(self.sampler))
         self.exporter = _span_exporter(resource)
         exporter = _OncePerIncident(self.exporter, _collector())
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("videodb-token-broker", __version__)
+        processor = BatchSpanProcessor(exporter)
+        self.provider.add_span_processor(processor)
+        self.tracer = self.provider.get_tracer(DEFAULT_SERVICE_NAME, __version__)
+        self.kept = kept_spans.KeptSpans(
+            processor,
+            self.provider.id_generator,
+            self.provider.resource,
+            InstrumentationScope(DEFAULT_SERVICE_NAME, __version__),
+        )
         self.flush_seconds = shutdown_flush_seconds()
         self.trusted = tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies)
         for name in _SDK_LOGGERS:  # _OncePerIncident says it once; they would say it always
@@ -380,28 +397,21 @@ class TracingMiddleware:
                         request_id = value.decode("latin-1")
             await send(message)
 
-        span = self.tracing.tracer.start_span(
-            f"{method} request", context=parent, kind=SpanKind.SERVER
-        )
-        attached = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            await self.app(scope, receive, send_traced)
-        except BaseException as exc:
-            _failed(span, exc)
-            raise
-        finally:
-            route = getattr(scope.get("route"), "path", None)
-            if route:
-                span.update_name(f"{method} {route}")
-            span.set_attributes(
-                {
-                    "http.request.method": method,
-                    "http.route": route or "unmatched",
-                    "http.response.status_code": status,
-                    "broker.request_id": request_id,
-                }
-            )
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-            otel_context.detach(attached)
-            span.end()
+        remote = None if parent is None else trace.get_current_span(parent).get_span_context()
+        with self.tracing.kept.request(f"{method} request", remote) as span:
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    span.name = f"{method} {route}"
+                span.set_attributes(
+                    {
+                        "http.request.method": method,
+                        "http.route": route or "unmatched",
+                        "http.response.status_code": status,
+                        "broker.request_id": request_id,
+                    }
+                )
+                if status >= 500:
+                    span.failed()
