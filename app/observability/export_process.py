@@ -12,9 +12,10 @@ process with the loop, that was half of what a kept request cost (docs/performan
 The child, `python -m app.observability.export_process`, is started on first use: a fresh
 interpreter (never a `fork` of a process with threads) that imports only the exporter, reads
 the same `OTEL_*` variables, and sits in a session of its own, so a terminal's Ctrl-C reaches
-the broker alone. It exits when its pipe closes, whether the broker shut down or died; a
-child that died or hung is killed and replaced at the next batch, and its batch is reported
-as failed, so that `otel.py` logs it once per incident. The pipes carry
+the broker alone. It exits when its pipe closes, whether the broker shut down or died. A
+child that died or hung is killed and its batch reported as failed, so that `otel.py` logs
+it once per incident; the next is started with a later batch, after a wait that doubles
+while children keep failing (RESTART_*). The pipes carry
 `multiprocessing.connection`'s framing (length-prefixed pickles) between two processes of
 the same program; nothing else can write to them.
 """
@@ -26,6 +27,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -43,6 +45,15 @@ Wired = tuple[Any, ...]
 # How long past the exporter's own timeout the broker waits for a batch's answer before it
 # takes the child for hung: room for a new child's imports on a busy machine.
 ANSWER_SLACK_SECONDS = 5.0
+# After a child died, hung or could not start, the next is started no sooner than this, the
+# wait doubling with each failure in a row up to the longest: a child that cannot run (a
+# broken install, a limit on processes) costs a start a minute, not one a batch.
+RESTART_FIRST_WAIT_SECONDS = 1.0
+RESTART_LONGEST_WAIT_SECONDS = 60.0
+
+
+class _Resting(Exception):
+    """The last child failed a moment ago: this batch is not exported."""
 
 
 def _wire(span: ReadableSpan) -> Wired:
@@ -158,13 +169,22 @@ class ExportProcess(SpanExporter):
     """A span exporter that hands each batch to the OTLP exporter in a child process. The
     SDK's batch processor calls it from one thread at a time."""
 
-    def __init__(self, resource: Resource, export_timeout: float) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        export_timeout: float,
+        command: Sequence[str] = (sys.executable, "-m", __name__),
+    ) -> None:
         self._resource = (dict(resource.attributes), resource.schema_url)
         self._answer_within = export_timeout + ANSWER_SLACK_SECONDS
+        self._command = list(command)  # the child's, before the two pipes' descriptors
         self._child: subprocess.Popen[bytes] | None = None
         self._batches: Connection | None = None
         self._answers: Connection | None = None
         self._abandoned = False
+        self._restart_at = 0.0  # time.monotonic() before which no child is started
+        self._wait = RESTART_FIRST_WAIT_SECONDS
+        self.starts = 0  # children started so far
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._abandoned:
@@ -173,13 +193,15 @@ class ExportProcess(SpanExporter):
         try:
             batches, answers = self._connected()
             batches.send(batch)
-            if not answers.poll(self._answer_within):  # hung: killed, a new child next time
-                self._end_child()
-                return SpanExportResult.FAILURE
+            if not answers.poll(self._answer_within):
+                raise TimeoutError("the export process did not answer")  # hung
             sent: bool = answers.recv()
-        except (OSError, EOFError):  # it died (or could not start): a new child next time
-            self._end_child()
+        except _Resting:
             return SpanExportResult.FAILURE
+        except (OSError, EOFError):  # it died, hung or could not start: killed, and replaced
+            self._failed()
+            return SpanExportResult.FAILURE
+        self._wait = RESTART_FIRST_WAIT_SECONDS
         return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
@@ -208,14 +230,20 @@ class ExportProcess(SpanExporter):
         return None if self._child is None else self._child.pid
 
     def _connected(self) -> tuple[Connection, Connection]:
+        if self._child is not None and self._child.poll() is not None:
+            self._failed()  # it died between batches
         if self._batches is None or self._answers is None or self._child is None:
-            self._start_child()
-        elif self._child.poll() is not None:
-            self._end_child()
+            if time.monotonic() < self._restart_at:
+                raise _Resting
             self._start_child()
         assert self._batches is not None
         assert self._answers is not None
         return self._batches, self._answers
+
+    def _failed(self) -> None:
+        self._end_child()
+        self._restart_at = time.monotonic() + self._wait
+        self._wait = min(self._wait * 2, RESTART_LONGEST_WAIT_SECONDS)
 
     def _start_child(self) -> None:
         to_child, batches = os.pipe()
@@ -223,8 +251,9 @@ class ExportProcess(SpanExporter):
         source = str(Path(__file__).resolve().parents[2])  # where `app` is, installed or not
         path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
         try:
+            self.starts += 1
             self._child = subprocess.Popen(  # noqa: S603 (this interpreter, this module)
-                [sys.executable, "-m", __name__, str(to_child), str(from_child)],
+                [*self._command, str(to_child), str(from_child)],
                 pass_fds=(to_child, from_child),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -104,9 +106,10 @@ def test_a_failed_export_is_answered_as_failed(collector: OtlpReceiver) -> None:
         exporter.shutdown()
 
 
-def test_a_child_that_dies_costs_its_batch_and_a_new_one_takes_the_next(
-    collector: OtlpReceiver,
+def test_a_child_that_dies_costs_its_batch_and_a_new_one_takes_a_later_one(
+    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(export_process, "RESTART_FIRST_WAIT_SECONDS", 0.2)
     collector.fault, collector.delay = "slow", 30.0  # the child is mid-export when it dies
     exporter = ExportProcess(RESOURCE, export_timeout=60)
     results: list[SpanExportResult] = []
@@ -120,11 +123,35 @@ def test_a_child_that_dies_costs_its_batch_and_a_new_one_takes_the_next(
         exporting.join(30)
         assert results == [SpanExportResult.FAILURE]  # at its death, not after the 30 s
         collector.fault = None
+        time.sleep(0.3)  # past the wait before the next start
         assert exporter.export(_spans()) is SpanExportResult.SUCCESS
         assert exporter.child_pid not in (None, first)
+        assert exporter.starts == 2
     finally:
         exporter.shutdown()
     assert exporter.child_pid is None
+
+
+def test_a_child_that_cannot_run_is_started_again_less_and_less_often(
+    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken install, say: every batch in the meantime fails at once, with no new start."""
+    now = [1000.0]  # the exporter's clock, moved by the test
+    monkeypatch.setattr(export_process, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    crashing = (sys.executable, "-c", "raise SystemExit(3)")
+    exporter = ExportProcess(RESOURCE, export_timeout=2, command=crashing)
+    try:
+        starts = []
+        steps = (0, 0.5, 1, 2.9, 3, 7, 15, 31, 62.9, 63, 122.9, 123, 182.9, 183)
+        for step in steps:
+            now[0] = 1000.0 + step
+            assert exporter.export(_spans()) is SpanExportResult.FAILURE
+            starts.append(exporter.starts)
+    finally:
+        exporter.shutdown()
+    # started at 0, then no sooner than 1 s after, 2 s, 4 s, 8 s, 16 s, 32 s, then 60 s at most
+    assert starts == [1, 1, 2, 2, 3, 4, 5, 6, 6, 7, 7, 8, 8, 9]
+    assert collector.requests == []
 
 
 def test_a_hung_child_is_killed_and_its_batch_failed(
