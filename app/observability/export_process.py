@@ -9,7 +9,7 @@ and posting it cost the broker about 27 µs a span on its only thread that matte
 process with the loop, that was half of what a kept request cost (docs/performance.md,
 "Tracing out of the loop's process").
 
-The child, `python -m app.observability.export_process`, is started on first use: a fresh
+The child, `python -P -m app.observability.export_process`, is started on first use: a fresh
 interpreter (never a `fork` of a process with threads) that imports only the exporter, reads
 the same `OTEL_*` variables, and sits in a session of its own, so a terminal's Ctrl-C reaches
 the broker alone. It exits when its pipe closes, whether the broker shut down or died. A
@@ -30,7 +30,6 @@ import sys
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -173,7 +172,7 @@ class ExportProcess(SpanExporter):
         self,
         resource: Resource,
         export_timeout: float,
-        command: Sequence[str] = (sys.executable, "-m", __name__),
+        command: Sequence[str] = (sys.executable, "-P", "-m", __name__),
     ) -> None:
         self._resource = (dict(resource.attributes), resource.schema_url)
         self._answer_within = export_timeout + ANSWER_SLACK_SECONDS
@@ -248,8 +247,9 @@ class ExportProcess(SpanExporter):
     def _start_child(self) -> None:
         to_child, batches = os.pipe()
         answers, from_child = os.pipe()
-        source = str(Path(__file__).resolve().parents[2])  # where `app` is, installed or not
-        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+        # The child imports what the broker imported: the broker's import path, not whatever
+        # the working directory holds (`-P`).
+        path = os.pathsep.join(entry for entry in sys.path if entry)
         try:
             self.starts += 1
             self._child = subprocess.Popen(  # noqa: S603 (this interpreter, this module)
