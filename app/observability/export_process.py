@@ -5,9 +5,8 @@ The SDK's batch processor still queues and batches the spans in the broker (a fu
 drops, as before); each batch then crosses a pipe as plain values (names, ids, times,
 attributes: a few µs a span, pickled by `multiprocessing`) to a child process that rebuilds
 the spans and hands them to OpenTelemetry's own OTLP exporter. Encoding a span to protobuf
-and posting it cost the broker about 27 µs a span on its only thread that matters; in
-process with the loop, that was half of what a kept request cost (docs/performance.md,
-"Tracing out of the loop's process").
+costs about 23 µs, the posting more, and in the broker's process both held the GIL its event
+loop needs (docs/performance.md, "Third pass: the export in a process of its own").
 
 The child, `python -P -m app.observability.export_process`, is started on first use: a fresh
 interpreter (never a `fork` of a process with threads) that imports only the exporter, reads
@@ -17,7 +16,7 @@ child that died or hung is killed and its batch reported as failed, so that `ote
 it once per incident; the next is started with a later batch, after a wait that doubles
 while children keep failing (RESTART_*). The pipes carry
 `multiprocessing.connection`'s framing (length-prefixed pickles) between two processes of
-the same program; nothing else can write to them.
+the same program, created by the broker and handed to the child alone.
 """
 
 from __future__ import annotations

@@ -3,13 +3,13 @@
 A kept request's spans are known to be sampled before the first is started, carry only the
 broker's own attributes (names, labels, counts, fingerprints: `tracing.AttributeValue`, typed
 and never a caller's input), and end on the event loop that started them. The SDK's live
-`Span` guards for none of that: a lock per span, attribute limits and checks on every set,
+`Span` is built for none of that: a lock per span, attribute limits and checks on every set,
 event and link lists, a sampler call, a readable copy at the end; three of them cost a kept
-cache hit about 100 µs (docs/performance.md, "Tracing: a kept request's spans built
-finished"). Here each span is a few fields until it ends, then one `ReadableSpan`, the SDK's
-own record of a finished span, handed to the same batch processor the tracer feeds, with ids
-from the tracer provider's id generator. From there on everything is the SDK's and the OTLP
-exporter's, unchanged.
+cache hit about 100 µs (docs/performance.md, "Third pass: the export in a process of its
+own, a kept request's spans built finished"). Here each span is a few fields until it ends,
+then one `ReadableSpan`, the SDK's own record of a finished span, handed to the same batch
+processor the tracer feeds, with ids from the tracer provider's id generator. From there on
+everything is the SDK's and the OTLP exporter's, unchanged.
 
 Spans outside requests (a scheduled key refresh), where the sampler still decides span by
 span, go through the SDK's tracer as before (otel.py).
