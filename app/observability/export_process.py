@@ -48,6 +48,9 @@ ANSWER_SLACK_SECONDS = 5.0
 # broken install, a limit on processes) costs a start a minute, not one a batch.
 RESTART_FIRST_WAIT_SECONDS = 1.0
 RESTART_LONGEST_WAIT_SECONDS = 60.0
+# The broker's own settings (the VideoDB key, secrets, Redis URLs) stay out of the child's
+# environment: it needs OTEL_*, proxies and CA bundles, never these.
+_BROKER_SETTINGS = ("BROKER_", "VIDEO_DB_", "VIDEODB_")
 
 
 class _Resting(Exception):
@@ -249,6 +252,7 @@ class ExportProcess(SpanExporter):
         # The child imports what the broker imported: the broker's import path, not whatever
         # the working directory holds (`-P`).
         path = os.pathsep.join(entry for entry in sys.path if entry)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_BROKER_SETTINGS)}
         try:
             self.starts += 1
             self._child = subprocess.Popen(  # noqa: S603 (this interpreter, this module)
@@ -256,7 +260,7 @@ class ExportProcess(SpanExporter):
                 pass_fds=(to_child, from_child),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": path},
+                env={**env, "PYTHONPATH": path},
                 start_new_session=True,  # a terminal's Ctrl-C is for the broker
             )
         except BaseException:
@@ -283,6 +287,10 @@ class ExportProcess(SpanExporter):
 
 
 if __name__ == "__main__":
-    _serve(
-        Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
-    )
+    try:
+        _serve(
+            Connection(int(sys.argv[1]), writable=False),
+            Connection(int(sys.argv[2]), readable=False),
+        )
+    except (EOFError, OSError):  # the broker went away mid-batch: nothing left to tell it
+        sys.exit(0)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from app.sandbox.stand_in_videodb import StandInVideoDB
 from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
 from harness.otlp_receiver import OtlpReceiver
 from harness.servers import ThreadedServer
+from harness.waiting import wait_for
 from tests.fakes.broken_http import BrokenHTTPServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.fakes.redis_server import RedisServer
@@ -54,15 +55,6 @@ def _otel(endpoint: str, **extra: str) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
         **extra,
     }
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {timeout} s")
 
 
 def _post(broker: BrokerProcess, token: str, **kwargs: Any) -> httpx.Response:
@@ -104,7 +96,7 @@ def test_a_token_request_yields_a_trace_of_where_its_time_went_and_no_secret(
         created = _post(broker, jwt, path="/v1/capture/sessions", json={})
         assert created.status_code == 201, created.text
         request_id = minted.headers["x-request-id"]
-        _wait_for(
+        wait_for(
             lambda: any(
                 s["attributes"].get("broker.request_id") == created.headers["x-request-id"]
                 for s in collected.spans()
@@ -176,7 +168,7 @@ def _traced_request(
     resp = _post(broker, jwt, headers={"traceparent": traceparent})
     assert resp.status_code == 200
     request_id = resp.headers["x-request-id"]
-    _wait_for(
+    wait_for(
         lambda: any(
             s["attributes"].get("broker.request_id") == request_id for s in collected.spans()
         ),
@@ -373,7 +365,7 @@ def test_a_collector_that_never_answers_holds_up_shutdown_no_longer_than_the_flu
         jwt = idp.issuers[0].mint("hung-collector", AUDIENCE)
         for _ in range(20):
             assert _post(broker, jwt).status_code == 200
-        _wait_for(lambda: collector.requests >= 1, "an export in flight")
+        wait_for(lambda: collector.requests >= 1, "an export in flight")
         started = time.monotonic()
         assert broker.terminate(timeout=60) == 0
         took = time.monotonic() - started
@@ -401,7 +393,7 @@ def test_spans_are_encoded_in_a_child_of_the_broker_that_ends_with_it(
     broker = BrokerProcess(broker_settings(idp, server.url, **_otel(collector.url))).wait_ready()
     try:
         assert _post(broker, idp.issuers[0].mint("child-user", AUDIENCE)).status_code == 200
-        _wait_for(lambda: bool(collected.spans()), "exported span")
+        wait_for(lambda: bool(collected.spans()), "exported span")
         (child,) = [
             pid
             for pid in _child_processes(broker.proc.pid)
@@ -411,7 +403,7 @@ def test_spans_are_encoded_in_a_child_of_the_broker_that_ends_with_it(
         broker.proc.wait(timeout=35)
     finally:
         broker.terminate()
-    _wait_for(lambda: not _running(child), "end of the export process")
+    wait_for(lambda: not _running(child), "end of the export process")
     assert not re.search(r"Traceback", broker.output())
 
 

@@ -4,12 +4,14 @@ one batch, never the broker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -34,6 +36,7 @@ from app.observability import export_process
 from app.observability.export_process import ExportProcess, _Resource
 from harness.otlp_receiver import OtlpReceiver
 from harness.servers import ThreadedServer
+from harness.waiting import wait_for
 
 RESOURCE = Resource.create({"service.name": "broker", "service.version": "1.2.3"})
 
@@ -116,7 +119,7 @@ def test_a_child_that_dies_costs_its_batch_and_a_new_one_takes_a_later_one(
     exporting = threading.Thread(target=lambda: results.append(exporter.export(_spans())))
     try:
         exporting.start()
-        _wait_for(lambda: exporter.child_pid is not None, "a child")
+        wait_for(lambda: exporter.child_pid is not None, "a child")
         first = exporter.child_pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
@@ -154,6 +157,28 @@ def test_a_child_that_cannot_run_is_started_again_less_and_less_often(
     assert collector.requests == []
 
 
+def test_the_child_gets_no_setting_of_the_broker(
+    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The VideoDB key and the broker's secrets stay in the broker; the exporter's own
+    variables and the rest of the environment (proxies, CA bundles) reach the child."""
+    monkeypatch.setenv("VIDEO_DB_API_KEY", "sk-never-in-the-child-0123")
+    monkeypatch.setenv("BROKER_AUTH_HS256_SECRET", "s" * 40)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    seen = tmp_path / "environment.json"
+    dump = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    exporter = ExportProcess(RESOURCE, 2, command=(sys.executable, "-c", dump, str(seen)))
+    try:
+        exporter.export(_spans())  # the child writes its environment and leaves: a failure
+    finally:
+        exporter.shutdown()
+    environment = json.loads(seen.read_text())
+    assert not [name for name in environment if name.startswith(("BROKER_", "VIDEO_DB_"))]
+    assert "sk-never-in-the-child" not in seen.read_text()
+    assert environment["HTTPS_PROXY"] == "http://proxy.internal:3128"
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+
+
 def test_a_hung_child_is_killed_and_its_batch_failed(
     collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,7 +207,7 @@ def test_shutdown_ends_the_child_and_abandon_kills_it_at_once(collector: OtlpRec
     results: list[SpanExportResult] = []
     exporting = threading.Thread(target=lambda: results.append(hung.export(_spans())))
     exporting.start()
-    _wait_for(lambda: hung.child_pid is not None, "a child")
+    wait_for(lambda: hung.child_pid is not None, "a child")
     hung.abandon()  # shutdown ran out of time: from another thread, as otel.py calls it
     exporting.join(30)
     assert results == [SpanExportResult.FAILURE]
@@ -203,12 +228,3 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no {what} within {timeout} s")
