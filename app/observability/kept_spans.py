@@ -103,8 +103,14 @@ class KeptSpan:
         self._token: Token[KeptSpan | None] | None = None
 
     def child(self, name: str, attributes: dict[str, AttributeValue]) -> KeptSpan:
+        """A span inside this one; its attributes a copy (a caller's dict is never added to)."""
         return KeptSpan(
-            self._kept, name, self.context.trace_id, self.context, SpanKind.INTERNAL, attributes
+            self._kept,
+            name,
+            self.context.trace_id,
+            self.context,
+            SpanKind.INTERNAL,
+            dict(attributes),
         )
 
     def set_attributes(self, attributes: dict[str, AttributeValue]) -> None:

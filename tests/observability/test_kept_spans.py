@@ -50,7 +50,9 @@ async def test_a_kept_requests_spans_nest_under_its_span_in_one_trace(
     with spans.request("POST request", None) as request:
         with tracing.span("broker.authenticate"):
             tracing.annotate(**{"broker.identity.outcome": "ok"})
-        await tracing.traced("broker.token", token(), lambda s: {"broker.token.source": s})
+        asked: dict[str, tracing.AttributeValue] = {"broker.token.requested_ttl": 900}
+        await tracing.traced("broker.token", token(), lambda s: {"broker.token.source": s}, asked)
+        assert asked == {"broker.token.requested_ttl": 900}  # the caller's dict, untouched
         tracing.annotate(**{"broker.request_id": "r1"})  # the innermost open: the request
         request.name = "POST /v1/capture/session/token"
     assert kept_spans.current() is None  # the request is over
@@ -76,7 +78,10 @@ async def test_a_kept_requests_spans_nest_under_its_span_in_one_trace(
         "broker.attempt": 1,
         "http.response.status_code": 200,
     }
-    assert dict(tok.attributes or {}) == {"broker.token.source": "upstream"}
+    assert dict(tok.attributes or {}) == {
+        "broker.token.requested_ttl": 900,
+        "broker.token.source": "upstream",
+    }
     for span in (auth, attempt, tok, req):
         assert span.status.status_code is StatusCode.UNSET
         assert span.start_time is not None
