@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     redis_encryption_key: SecretStr | None = None
     redis_previous_encryption_key: SecretStr | None = None
     upstream_timeout: float = Field(default=5.0, gt=0, le=60)
+    # VideoDB calls in flight at once per worker; the rest queue in front of the pool
+    upstream_max_connections: int = Field(default=64, ge=1, le=1024)
     cache_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     circuit_failure_threshold: int = Field(default=5, ge=1, le=1000)
     circuit_reset_seconds: float = Field(default=15.0, gt=0, le=600)

@@ -36,9 +36,11 @@ from app.videodb.answers import (
 from app.videodb.transport import AiohttpClient
 
 UPSTREAM_TOKEN_PATH = "/capture/session/token"  # noqa: S105 - VideoDB's path, not ours
-# VideoDB calls at once, per process; the rest queue in front of the pool (a bounded pool
-# also bounds the TLS connections a login storm opens to VideoDB).
-MAX_CONNECTIONS = 16
+# VideoDB calls at once per process unless BROKER_UPSTREAM_MAX_CONNECTIONS says otherwise; the
+# rest queue in front of the pool (a bounded pool also bounds the TLS connections a login
+# storm opens to VideoDB). Calls in flight are new users a second times VideoDB's latency:
+# 64 carry 640 a second at 100 ms, about what one worker's CPU mints (docs/performance.md).
+MAX_CONNECTIONS = 64
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
 log = structlog.get_logger(logger_name=__name__)
@@ -67,7 +69,7 @@ class CookielessClient(AiohttpClient):
         pass  # httpx's constructor sets the jar; there is none to set
 
 
-def build_http_client(timeout: float) -> httpx.AsyncClient:
+def build_http_client(timeout: float, max_connections: int = MAX_CONNECTIONS) -> httpx.AsyncClient:
     """The shared client for VideoDB: httpx over aiohttp's transport (transport.py), explicit
     connect/read/pool timeouts (aiohttp has no write timeout: the call's deadline bounds a
     write), no redirects followed, no cookies kept, and the environment's proxy settings
@@ -77,7 +79,7 @@ def build_http_client(timeout: float) -> httpx.AsyncClient:
         # as many kept alive as may be open: under load, a connection is reused, not closed
         # after one call and opened again (a TLS handshake with VideoDB each time)
         limits=httpx.Limits(
-            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            max_connections=max_connections, max_keepalive_connections=max_connections
         ),
         follow_redirects=False,
         headers={"User-Agent": CLIENT_ID},
@@ -99,7 +101,10 @@ class VideoDBClient:
         base_url: str,
         timeout: float,
         collection_id: str = "default",
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        """`max_connections`: the calls in flight at once, as `http` was built with (the rest
+        wait their turn here)."""
         self._http = http
         self._base = base_url
         self._collection_path = f"/collection/{collection_id}"
@@ -121,7 +126,7 @@ class VideoDBClient:
         self._extensions = {"timeout": http.timeout.as_dict()}
         # Requests queue here, before httpx: the pool never holds more than it can serve,
         # and a wait for it is not counted against the `pool` timeout.
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def mint(self, user_id: str, expires_in: int, budget: float | None = None) -> MintedToken:
         """A token for this user; UpstreamError/Unavailable/Timeout on any failure."""

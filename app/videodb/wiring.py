@@ -15,13 +15,17 @@ async def start_videodb(
     settings: Settings, stack: AsyncExitStack
 ) -> tuple[ResilientVideoDB, CircuitBreaker]:
     """The resilient client and its breaker (which readiness reads); closed with the stack."""
-    http = await stack.enter_async_context(build_http_client(settings.upstream_timeout))
+    connections = settings.upstream_max_connections
+    http = await stack.enter_async_context(
+        build_http_client(settings.upstream_timeout, connections)
+    )
     client = VideoDBClient(
         http,
         settings.videodb_api_key,
         settings.videodb_api,
         settings.upstream_timeout,
         settings.capture_collection_id,
+        connections,
     )
     breaker = CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds)
     return ResilientVideoDB(client, breaker, settings.upstream_timeout), breaker

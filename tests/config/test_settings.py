@@ -54,6 +54,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.rate_limit == "30/minute"
     assert settings.redis_url is None
     assert settings.upstream_timeout == 5
+    assert settings.upstream_max_connections == 64
     assert settings.cache_max_entries > 0
     assert (settings.log_level, settings.log_format) == ("INFO", "json")
 
@@ -151,6 +152,8 @@ def test_loopback_http_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"BROKER_TLS_CERT_FILE": "cert.pem"}, "BROKER_TLS_KEY_FILE", "together"),
         ({"BROKER_LOG_FORMAT": "xml"}, "BROKER_LOG_FORMAT", "json"),
         ({"BROKER_UPSTREAM_TIMEOUT": "0"}, "BROKER_UPSTREAM_TIMEOUT", "greater"),
+        ({"BROKER_UPSTREAM_MAX_CONNECTIONS": "0"}, "BROKER_UPSTREAM_MAX_CONNECTIONS", "greater"),
+        ({"BROKER_UPSTREAM_MAX_CONNECTIONS": "5000"}, "BROKER_UPSTREAM_MAX_CONNECTIONS", "1024"),
         ({"BROKER_AUTH_LEEWAY_SECONDS": "-1"}, "BROKER_AUTH_LEEWAY_SECONDS", "greater"),
         ({"BROKER_AUTH_COOKIE_NAME": "a b"}, "BROKER_AUTH_COOKIE_NAME", "pattern"),
     ],

@@ -12,7 +12,7 @@ import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,8 @@ from app.videodb.client import (
     VideoDBClient,
     build_http_client,
 )
+from app.videodb.wiring import start_videodb
+from tests.conftest import SettingsFactory
 from tests.fakes.tls import self_signed_certificate
 
 API_KEY = "sk-sockets-0123456789abcdef"
@@ -273,7 +275,10 @@ async def test_a_cancelled_call_never_leaves_its_answer_for_the_next() -> None:
         assert (await client.mint("bob", 600)).token == "st-next"
 
 
-async def test_a_burst_queues_for_the_bounded_connections_and_is_served() -> None:
+@pytest.mark.parametrize("setting", [None, 4])  # the default, and BROKER_UPSTREAM_MAX_CONNECTIONS
+async def test_a_burst_queues_for_the_bounded_connections_and_is_served(
+    setting: int | None, make_settings: SettingsFactory
+) -> None:
     async def slowish(writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(0.005)
         writer.write(answer())
@@ -290,12 +295,17 @@ async def test_a_burst_queues_for_the_bounded_connections_and_is_served() -> Non
         finally:
             open_now -= 1
 
-    async with peer(tracked) as url, videodb_client(url, deadline=10) as client:
+    limit = {} if setting is None else {"upstream_max_connections": setting}
+    async with peer(tracked) as url, AsyncExitStack() as stack:
+        # as the broker starts it, from its settings
+        settings = make_settings(videodb_api=url, upstream_timeout=10, **limit)
+        client, _ = await start_videodb(settings, stack)
         for _ in range(2):  # the second burst finds the connections of the first kept alive
             minted = await asyncio.gather(*(client.mint(f"u{i}", 600) for i in range(500)))
             assert {m.token for m in minted} == {"st-fresh"}
-    assert peak <= MAX_CONNECTIONS
-    assert opened <= MAX_CONNECTIONS + 10  # reused, not opened and closed call after call
+    connections = MAX_CONNECTIONS if setting is None else setting
+    assert peak == connections  # the burst used every connection allowed, and no more
+    assert opened <= connections + 10  # reused, not opened and closed call after call
 
 
 async def test_tls_is_verified_and_an_untrusted_peer_gets_nothing(
