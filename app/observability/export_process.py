@@ -26,6 +26,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -193,15 +194,27 @@ class ExportProcess(SpanExporter):
         batch = [_wire(span) for span in spans]
         try:
             batches, answers = self._connected()
+        except _Resting:
+            return SpanExportResult.FAILURE
+        except OSError:  # it could not start: tried again later
+            self._failed()
+            return SpanExportResult.FAILURE
+        # A child that stops reading (hung before its first read, say) would block the send
+        # of a batch larger than the pipe's buffer for good: the watchdog kills it when the
+        # answer is due, which fails the write.
+        watchdog = threading.Timer(self._answer_within, self._kill_child)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
             batches.send(batch)
             if not answers.poll(self._answer_within):
                 raise TimeoutError("the export process did not answer")  # hung
             sent: bool = answers.recv()
-        except _Resting:
-            return SpanExportResult.FAILURE
-        except (OSError, EOFError):  # it died, hung or could not start: killed, and replaced
+        except (OSError, EOFError):  # it died or hung: killed, and replaced
             self._failed()
             return SpanExportResult.FAILURE
+        finally:
+            watchdog.cancel()
         self._wait = RESTART_FIRST_WAIT_SECONDS
         return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
 
@@ -219,6 +232,10 @@ class ExportProcess(SpanExporter):
         """Kill the child now and export nothing more: shutdown ran out of time. Called from
         another thread than the exports: one in flight sees its child's end and cleans up."""
         self._abandoned = True
+        self._kill_child()
+
+    def _kill_child(self) -> None:
+        """From any thread: the child ends now; the export in flight sees it and cleans up."""
         child = self._child
         if child is not None and child.poll() is None:
             child.kill()

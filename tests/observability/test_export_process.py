@@ -193,6 +193,42 @@ def test_a_hung_child_is_killed_and_its_batch_failed(
         exporter.shutdown()
 
 
+def test_a_child_that_never_reads_cannot_block_a_large_batch_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child hung before its first read (in its imports, say): a batch larger than the
+    pipe's buffer cannot be written whole, and the send would wait for good without the
+    watchdog that kills the child when the answer is due."""
+    monkeypatch.setattr(export_process, "ANSWER_SLACK_SECONDS", 2.0)
+    never_reads = (sys.executable, "-c", "import time; time.sleep(120)")
+    exporter = ExportProcess(RESOURCE, export_timeout=1, command=never_reads)
+    large = [_with_attribute(span, "x" * 100_000) for span in _spans()]  # about 300 KB
+    results: list[SpanExportResult] = []
+    exporting = threading.Thread(target=lambda: results.append(exporter.export(large)))
+    started = time.monotonic()
+    exporting.start()
+    exporting.join(60)  # the answer is due after 3 s; 60 bounds the test, not the code
+    try:
+        assert results == [SpanExportResult.FAILURE], "the send is still blocked"
+        assert time.monotonic() - started < 30
+        assert exporter.child_pid is None  # killed and reaped: none left behind
+    finally:
+        exporter.abandon()
+        exporting.join(10)
+
+
+def _with_attribute(span: ReadableSpan, value: str) -> ReadableSpan:
+    return ReadableSpan(
+        name=span.name,
+        context=span.get_span_context(),
+        parent=span.parent,
+        resource=span.resource,
+        attributes={**(span.attributes or {}), "padding": value},
+        start_time=span.start_time,
+        end_time=span.end_time,
+    )
+
+
 def test_shutdown_ends_the_child_and_abandon_kills_it_at_once(collector: OtlpReceiver) -> None:
     exporter = ExportProcess(RESOURCE, export_timeout=2)
     assert exporter.export(_spans()) is SpanExportResult.SUCCESS
