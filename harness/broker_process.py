@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,12 +19,35 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Where free_port looks: below the kernel's ephemeral range (where bind(0) and every outgoing
+# connection's source port come from), above the well-known and registered services' ports.
+LOWEST_PORT = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing is bound to right now, outside the kernel's ephemeral range.
+
+    A test that stops a server and starts it again on the same port (a broker restarted on
+    its address, a VideoDB stand-in back up) needs the port to stay free in between. A port
+    from the ephemeral range may meanwhile become the source port of any outgoing connection
+    on the machine, and the second bind then fails with "address already in use"; ports
+    below the range are never handed out that way.
+    """
+    try:
+        lowest_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        lowest_ephemeral = 32_768  # Linux's default
+    candidates = list(range(LOWEST_PORT, lowest_ephemeral))
+    random.shuffle(candidates)
+    for port in candidates[:1000]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {LOWEST_PORT} and {lowest_ephemeral}")
 
 
 def clean_env(**settings: str) -> dict[str, str]:

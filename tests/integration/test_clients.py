@@ -752,14 +752,6 @@ def test_desktop_program_paces_refreshes_by_the_lifetime_granted(
     assert 2 <= len(received) <= 4, received  # one every ~2 s, not one per loop turn
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, open: passes alone and in its module, but twice in the whole suite "
-    "on a fresh clone with a core kept busy the app got no second token within 180 s (killed "
-    "by the watchdog); the cause is not found yet. A failure inside the test (a restart "
-    "that does not come up, say) now ends the app at once and shows itself, where it "
-    "waited out the app's --run-for before",
-)
 def test_desktop_program_rides_out_a_broker_restart(
     restartable_broker: RestartableBroker, idp: FakeIdentityProvider
 ) -> None:
