@@ -38,9 +38,8 @@ def free_port() -> int:
         lowest_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         lowest_ephemeral = 32_768  # Linux's default
-    candidates = list(range(LOWEST_PORT, lowest_ephemeral))
-    random.shuffle(candidates)
-    for port in candidates[:1000]:
+    ports = range(LOWEST_PORT, lowest_ephemeral)
+    for port in random.sample(ports, min(1000, len(ports))):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
