@@ -255,8 +255,15 @@ def _direct(videodb_url: str) -> Callable[[httpx.Client, int], httpx.Response]:
     return call
 
 
-def _post(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
-    return lambda client, _: client.post(url + TOKEN_PATH)
+def _post(
+    url: str, bearers: list[str] | None = None
+) -> Callable[[httpx.Client, int], httpx.Response]:
+    """POST to the token path; with `bearers`, turn i sends the i-th as its token."""
+    if bearers is None:
+        return lambda client, _: client.post(url + TOKEN_PATH)
+    return lambda client, i: client.post(
+        url + TOKEN_PATH, headers={"Authorization": f"Bearer {bearers[i]}"}
+    )
 
 
 def cache_miss_overhead(
@@ -272,18 +279,13 @@ def cache_miss_overhead(
     proxy, proxy_url = start_bare("bench.bare_proxy:app", **upstream)
     floor, floor_url = start_bare("bench.hop_forwarders:raw_app", **upstream)
 
-    def via_broker(client: httpx.Client, i: int) -> httpx.Response:
-        return client.post(
-            broker.url + TOKEN_PATH, headers={"Authorization": f"Bearer {bearers[i]}"}
-        )
-
     try:
         times = _interleaved(
-            {
+            {  # the same requests through each hop; the forwarders ignore the tokens
                 "direct": _direct(videodb_url),
-                "via": via_broker,
-                "proxy": _post(proxy_url),
-                "floor": _post(floor_url),
+                "via": _post(broker.url, bearers),
+                "proxy": _post(proxy_url, bearers),
+                "floor": _post(floor_url, bearers),
             },
             count,
         )
@@ -391,11 +393,12 @@ def cache_miss_under_load(
                 '{"user_id": "load", "expires_in": 900}',
                 {"x-access-token": API_KEY, "Content-Type": "application/json"},
             )
-            bare = _wrk_lua(directory, "bare.lua", "{}", {"Content-Type": "application/json"})
+            # The forwarder gets the same requests as the broker (it ignores their tokens):
+            # the same bytes to read, and the same work for wrk's script between them.
             targets = {
                 "direct": (videodb_url + UPSTREAM_TOKEN_PATH, direct),
                 "broker": (broker.url + TOKEN_PATH, users),
-                "proxy": (proxy_url + TOKEN_PATH, bare),
+                "proxy": (proxy_url + TOKEN_PATH, users),
             }
             pids = {"broker": broker.proc.pid, "proxy": proxy.pid}
             if before is not None:
