@@ -22,6 +22,7 @@ before and after side by side.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import platform
 import random
@@ -70,6 +71,22 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of what `values` sample: the k-th
+    smallest and k-th largest, k the largest for which each tail holds less than half of
+    1 - confidence (the binomial count of values below the true median). With fewer than 6
+    values no such k exists, and the interval is the whole range."""
+    ordered = sorted(values)
+    n, tail, below, k = len(ordered), (1 - confidence) / 2, 0.0, 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n  # P(exactly k values below the median)
+        if below > tail:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
 
 
 def _duration_ms(text: str) -> float:
@@ -439,6 +456,7 @@ def cache_miss_under_load(
         + ")",
         file=sys.stderr,
     )
+    low, high = median_interval(differences)
     baseline = {}
     if before is not None:
         baseline = {
@@ -461,6 +479,8 @@ def cache_miss_under_load(
         "proxy_cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in runs["proxy"]),
         # each round's broker minus the forwarder beside it: the target's own figure
         "above_proxy_p50_ms": statistics.median(differences),
+        "above_proxy_p50_low": low,
+        "above_proxy_p50_high": high,
     }
 
 
@@ -761,6 +781,8 @@ def report_miss_under_load(
             f"p50 {load['proxy_overhead_p50_ms']:.2f} ms, "
             f"p99 {load['proxy_overhead_p99_ms']:.2f} ms, {load['proxy_cpu_ms']:.2f} ms of CPU a "
             f"call; the broker minus the forwarder, p50: {load['above_proxy_p50_ms']:+.2f} ms "
+            f"(95 % interval of the median {load['above_proxy_p50_low']:+.2f} to "
+            f"{load['above_proxy_p50_high']:+.2f} ms) "
             f"(target <= +0.5)"
         )
         if "before_overhead_p50_ms" in load:
