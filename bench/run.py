@@ -75,7 +75,7 @@ def machine() -> str:
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """A distribution-free interval for the median of what `values` sample: the k-th
-    smallest and k-th largest, k the largest for which each tail holds less than half of
+    smallest and k-th largest, k the largest for which each tail holds at most half of
     1 - confidence (the binomial count of values below the true median). With fewer than 6
     values no such k exists, and the interval is the whole range."""
     ordered = sorted(values)
