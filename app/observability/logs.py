@@ -95,7 +95,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    # The current stdout at each write, as our own lines: a stream bound here would be kept
+    # after a host (the test suite's capture) closed it, and a library's line then fails.
+    handler = logging.StreamHandler(_CurrentStdout())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 
 import pytest
 import structlog
@@ -37,6 +39,26 @@ def test_our_lines_and_library_lines_are_scrubbed(capsys: pytest.CaptureFixture[
         assert fingerprint(secret) in text
     assert lines[0]["logger"] == "app.test"
     assert lines[1]["logger"] == "uvicorn.error"
+
+
+def test_library_lines_follow_stdout_when_a_host_swaps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that replaces stdout after start-up (a test runner's capture, then closed)
+    still gets library lines, uvicorn's among them, on the stdout of the moment: none is
+    written to the closed stream, which logging would report as an error on stderr."""
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", first)
+    configure_logging("INFO", "json")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", second)
+    errors = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", errors)
+    logging.getLogger("uvicorn.error").info("Finished server process [%d]", 42)
+    lines = [json.loads(line) for line in second.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["Finished server process [42]"]
+    assert errors.getvalue() == ""
 
 
 def test_level_filters_our_lines(capsys: pytest.CaptureFixture[str]) -> None:
