@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -11,6 +13,41 @@ import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from app.observability.fingerprints import scrub
+
+# The id of the request being served, on every line written while it is (request_context.py
+# sets it). Our own variable, read in one look-up: structlog's `merge_contextvars` walks every
+# context variable of the context to find its own, on every line (docs/performance.md).
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def bind_request_id(request_id: str) -> Token[str | None]:
+    """Put this id on every line until `unbind_request_id` is given the token."""
+    return _request_id.set(request_id)
+
+
+def unbind_request_id(token: Token[str | None]) -> None:
+    """The request is over: its id leaves the lines."""
+    _request_id.reset(token)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, if any."""
+    return _request_id.get()
+
+
+def _add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    request_id = _request_id.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
+def _utc_now(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """The time, as a datetime that the JSON renderer writes in ISO 8601 UTC with a Z (as
+    structlog's TimeStamper(fmt="iso", utc=True) does): orjson formats it in C, where the
+    TimeStamper's formatting in Python was a tenth of a log line (docs/performance.md)."""
+    event["timestamp"] = datetime.now(UTC)
+    return event
 
 
 def _drop_color_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -39,7 +76,7 @@ class _ScrubbingRenderer:
 
 def _orjson_renderer(_: WrappedLogger, __: str, event: EventDict) -> str:
     """JSON lines through orjson, the fastest JSON encoder in the stack (docs/performance.md)."""
-    return orjson.dumps(event, default=str).decode()
+    return orjson.dumps(event, default=str, option=orjson.OPT_UTC_Z).decode()
 
 
 class _CurrentStdout:
@@ -61,24 +98,26 @@ def _name_field(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send every log record, ours and uvicorn's, through one structlog pipeline."""
+    json = fmt == "json"
+    stamp: Processor = _utc_now if json else structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        stamp,
         structlog.stdlib.ExtraAdder(),
     ]
     renderer = _ScrubbingRenderer(
-        _orjson_renderer if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        _orjson_renderer if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     # Our own loggers skip the stdlib machinery, a large part of what a log line would cost
     # (docs/performance.md); records from uvicorn and libraries go through ProcessorFormatter.
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _add_request_id,
             structlog.processors.add_log_level,
             _name_field,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import BrokerError, InvalidRequest
 from app.observability import tracing
-from app.web.request_context import current_request_id
+from app.observability.logs import current_request_id
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:videodb-token-broker:problem:"

@@ -6,7 +6,6 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -14,9 +13,9 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.capture.live.webhooks import WEBHOOKS_PATH
+from app.observability.logs import bind_request_id, unbind_request_id
 from app.observability.metrics import record_request
 
-_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 HSTS_VALUE = "max-age=63072000; includeSubDomains"
 # Sent on every response, as the OWASP REST cheat sheet asks: JSON only, never a page, so
@@ -39,11 +38,6 @@ AUDIT_SCOPE_KEY = "videodb_token_broker.audit"
 
 access_log = structlog.get_logger(logger_name="app.access")
 audit_log = structlog.get_logger(logger_name="app.audit")
-
-
-def current_request_id() -> str | None:
-    """The id of the request being served, if any."""
-    return _request_id.get()
 
 
 def _unset(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
@@ -91,8 +85,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope) or os.urandom(16).hex()
-        token = _request_id.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = bind_request_id(request_id)
         started = time.perf_counter()
         status = 500
         is_https = scope.get("scheme") == "https"
@@ -119,8 +112,7 @@ class RequestContextMiddleware:
             record_request(scope, status, elapsed, self.routes)
             if scope["path"] not in self.quiet_paths or status >= 400:
                 _log_request(scope, status, elapsed)
-            structlog.contextvars.unbind_contextvars("request_id")
-            _request_id.reset(token)
+            unbind_request_id(token)
 
 
 def _loggable(path: str) -> str:

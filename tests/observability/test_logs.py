@@ -6,12 +6,13 @@ import io
 import json
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
 
 from app.observability.fingerprints import fingerprint
-from app.observability.logs import configure_logging
+from app.observability.logs import bind_request_id, configure_logging, unbind_request_id
 
 KEY = "sk-logging-test-0123456789"
 SESSION = "st-abcdefghijklmnop"
@@ -66,3 +67,41 @@ def test_level_filters_our_lines(capsys: pytest.CaptureFixture[str]) -> None:
     structlog.get_logger(logger_name="app.test.level").info("quiet")
     structlog.get_logger(logger_name="app.test.level").warning("loud")
     assert [line["event"] for line in _lines(capsys)] == ["loud"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_lines_written_during_a_request_carry_its_id_and_no_other(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", fmt)
+    ours = structlog.get_logger(logger_name="app.test.ids")
+    token = bind_request_id("req-0123456789")
+    ours.info("inside")
+    logging.getLogger("uvicorn.error").warning("library, inside")
+    ours.info("explicit", request_id="given-0123456789")  # a field passed wins
+    unbind_request_id(token)
+    ours.info("after")
+    logging.getLogger("uvicorn.error").warning("library, after")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    if fmt == "json":
+        ids = [json.loads(line).get("request_id") for line in lines]
+        assert ids == ["req-0123456789", "req-0123456789", "given-0123456789", None, None]
+    else:
+        assert ["req-0123456789" in line for line in lines] == [True, True, False, False, False]
+
+
+def test_json_timestamps_are_iso_8601_utc_with_a_z(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    before = datetime.now(UTC)
+    structlog.get_logger(logger_name="app.test.time").info("ours")
+    logging.getLogger("uvicorn.error").warning("library")
+    after = datetime.now(UTC)
+    for line in _lines(capsys):
+        stamp = line["timestamp"]
+        assert isinstance(stamp, str)
+        assert stamp.endswith("Z")
+        assert "T" in stamp
+        moment = datetime.fromisoformat(stamp)
+        assert moment.utcoffset() == timedelta(0)
+        assert before <= moment <= after
