@@ -7,14 +7,16 @@ import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import NoReturn, TypeVar, cast
 
 import structlog
-from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits import RateLimitItem, WindowStats, parse_many
+from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter as SharedLimiter
 from limits.errors import StorageError
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter as LocalLimiter
 from limits.typing import AsyncRedisClient
 
 from app.errors import RateLimited
@@ -31,27 +33,37 @@ SWEEP_BATCH = 2000
 
 
 class SweepingMemoryStorage(MemoryStorage):
-    """`limits`' in-process storage with a cheaper expiry sweep.
+    """`limits`' in-process storage, its synchronous one, with a cheaper expiry sweep.
 
-    Upstream's async MemoryStorage starts a sweep of *every* key, with one thread hop per
-    key, after any hit once the previous sweep ended: with many users that is work
-    proportional to the user count on every request (measured in docs/performance.md). Here
-    the sweep runs at most every SWEEP_INTERVAL_SECONDS, in-loop, yielding every SWEEP_BATCH
-    keys. The window arithmetic stays the library's, and so does its clock: `clock` must tell
-    the time `limits` reads (time.time), which its expiries are.
+    Synchronous: the counters are only ever touched on the event loop's thread, and a hit is
+    then a few plain calls, where the asynchronous storage makes a dozen coroutine frames and
+    an asyncio lock per key (twice the time, on every request: docs/performance.md).
+
+    Upstream's expiry runs on a timer thread that walks *every* key, 10 ms after any hit once
+    the previous walk ended: with many users, work proportional to the user count on every
+    request, and a thread holding the GIL against the loop's. Here the sweep runs at most every
+    SWEEP_INTERVAL_SECONDS, on the loop, yielding every SWEEP_BATCH keys. The window arithmetic
+    stays the library's, and so does its clock: `clock` must tell the time `limits` reads
+    (time.time), which its expiries are.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
+        # Upstream's first walk, on a thread it starts: the sweep below replaces it. Cancelled,
+        # the thread wakes and ends at once; joined, it is gone before any hit.
+        self.timer.cancel()
+        self.timer.join()
         self._clock = clock
         self._next_sweep = float("-inf")
+        self.sweeping: asyncio.Task[None] | None = None
 
-    async def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - upstream name
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - upstream name
         now = self._clock()
-        if now < self._next_sweep or (self.timer is not None and not self.timer.done()):
+        if now < self._next_sweep or (self.sweeping is not None and not self.sweeping.done()):
             return
         self._next_sweep = now + SWEEP_INTERVAL_SECONDS
-        self.timer = asyncio.create_task(self.sweep())
+        # Called from a hit, so on the loop: the broker counts requests in its handlers.
+        self.sweeping = asyncio.get_running_loop().create_task(self.sweep())
 
     async def sweep(self) -> None:
         """Drop expired window counters: nothing is kept for a user whose windows are over."""
@@ -100,36 +112,43 @@ class LimitStore:
     ) -> None:
         self.clock = clock  # what `limits` reads too (time.time): for Retry-After
         self.local_storage = SweepingMemoryStorage(clock)
-        self.local = SlidingWindowCounterRateLimiter(self.local_storage)
+        self.local = LocalLimiter(self.local_storage)
         self._shared = shared
-        self._remote: SlidingWindowCounterRateLimiter | None = None
+        self._remote: SharedLimiter | None = None
         if shared is not None:
-            self._remote = SlidingWindowCounterRateLimiter(OnSharedClient(shared.client))
+            self._remote = SharedLimiter(OnSharedClient(shared.client))
 
-    def pick(self) -> SlidingWindowCounterRateLimiter:
-        """Redis's counters while it is usable, else this process's."""
-        if self._remote is None or self._shared is None or not self._shared.available:
-            return self.local
-        return self._remote
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        """Count one request against this limit; whether it is within it."""
+        return await self._run(
+            lambda remote: remote.hit(item, *identifiers),
+            lambda: self.local.hit(item, *identifiers),
+        )
 
-    async def run(
-        self,
-        limiter: SlidingWindowCounterRateLimiter,
-        call: Callable[[SlidingWindowCounterRateLimiter], Awaitable[T]],
+    async def stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        """When the limit's window resets, and what is left of it."""
+        return await self._run(
+            lambda remote: remote.get_window_stats(item, *identifiers),
+            lambda: self.local.get_window_stats(item, *identifiers),
+        )
+
+    async def _run(
+        self, on_redis: Callable[[SharedLimiter], Awaitable[T]], here: Callable[[], T]
     ) -> T:
-        """Run on the chosen limiter; if Redis fails mid-call, run in this process instead."""
-        shared = self._shared
-        if limiter is self.local or shared is None:
-            return await call(limiter)
+        """Redis's counters while it is usable, else this process's; if Redis fails
+        mid-call, this process's instead."""
+        shared, remote = self._shared, self._remote
+        if remote is None or shared is None or not shared.available:
+            return here()
 
-        async def on_redis() -> T:
+        async def call() -> T:
             try:
-                return await call(limiter)
+                return await on_redis(remote)
             except StorageError as exc:  # limits' wrapper: the Redis error is what happened
                 raise exc.storage_error from None
 
-        result = await shared.run(on_redis, "RATE_LIMIT")
-        return result if result is not None else await call(self.local)
+        result = await shared.run(call, "RATE_LIMIT")
+        return result if result is not None else here()
 
 
 class UserRateLimiter:
@@ -148,17 +167,12 @@ class UserRateLimiter:
     async def check(self, user_id: str) -> None:
         """Count one request for this user; raise RateLimited when over any limit."""
         who = hashlib.sha256(user_id.encode()).hexdigest()[:32]
-        limiter = self._store.pick()
         for item in self._items:
-            await self._check_one(limiter, item, who)
+            if not await self._store.hit(item, self._name, who):
+                await self._refuse(item, who)
 
-    async def _check_one(
-        self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, who: str
-    ) -> None:
-        name = self._name
-        if await self._store.run(limiter, lambda lim: lim.hit(item, name, who)):
-            return
-        stats = await self._store.run(limiter, lambda lim: lim.get_window_stats(item, name, who))
+    async def _refuse(self, item: RateLimitItem, who: str) -> NoReturn:
+        stats = await self._store.stats(item, self._name, who)
         retry = max(1, math.ceil(stats.reset_time - self._store.clock()))
         metrics.RATE_LIMITED.inc()
         raise RateLimited(

@@ -7,12 +7,13 @@ strategies read time.time() themselves (the `clock` fixture points them at the s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-import limits.aio.storage.memory
-import limits.aio.strategies
+import limits.storage.memory
+import limits.strategies
 import pytest
 import respx
 
@@ -28,8 +29,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """One fake wall clock for the limiter and for `limits` itself."""
     clock = FakeClock()
     library_time = SimpleNamespace(time=clock)
-    monkeypatch.setattr(limits.aio.storage.memory, "time", library_time)
-    monkeypatch.setattr(limits.aio.strategies, "time", library_time)
+    monkeypatch.setattr(limits.storage.memory, "time", library_time)
+    monkeypatch.setattr(limits.strategies, "time", library_time)
     return clock
 
 
@@ -112,8 +113,8 @@ async def test_idle_users_are_swept_at_most_once_an_interval(clock: FakeClock) -
     assert len(storage.storage) == 2  # no sweep within the interval
     clock.advance(SWEEP_INTERVAL_SECONDS - 3)
     await limiter.check("third")  # the interval is over: this hit starts one
-    assert storage.timer is not None
-    await storage.timer
+    assert storage.sweeping is not None
+    await storage.sweeping
     assert len(storage.storage) == 1  # only the third user's window is left
 
 
@@ -121,7 +122,7 @@ async def test_the_sweep_override_is_the_one_limits_calls(monkeypatch: pytest.Mo
     """`SweepingMemoryStorage` overrides a name-mangled private method of `limits`: if a
     release renamed it, upstream's sweep of every key after every hit would silently come
     back. This fails first (and `pyproject.toml` bounds `limits` below its next major)."""
-    from limits.aio.storage import MemoryStorage
+    from limits.storage import MemoryStorage
 
     from app.infra.rate_limits import SweepingMemoryStorage
 
@@ -129,14 +130,18 @@ async def test_the_sweep_override_is_the_one_limits_calls(monkeypatch: pytest.Mo
     calls = 0
     original = SweepingMemoryStorage._MemoryStorage__schedule_expiry
 
-    async def counted(self: SweepingMemoryStorage) -> None:
+    def counted(self: SweepingMemoryStorage) -> None:
         nonlocal calls
         calls += 1
-        await original(self)
+        original(self)
 
     monkeypatch.setattr(SweepingMemoryStorage, "_MemoryStorage__schedule_expiry", counted)
+    threads = threading.active_count()
     store = LimitStore()
     limiter = UserRateLimiter("1000/second", store, "token", "token requests")
     for i in range(50):
         await limiter.check(f"user-{i}")
     assert calls >= 50  # upstream calls the hook on every hit: ours answers it
+    # ... and upstream's timer thread, which walks every key beside the loop, never runs
+    assert not store.local_storage.timer.is_alive()
+    assert threading.active_count() == threads
