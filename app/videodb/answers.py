@@ -6,7 +6,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import structlog
@@ -42,10 +42,15 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class MintedToken:
-    """An st- token and the moment it stops working (epoch seconds)."""
+    """An st- token and the moment it stops working (epoch seconds). Shown (repr) by its
+    fingerprint, computed once: a cached token is logged by it at every reuse."""
 
-    token: str
+    token: str = field(repr=False)
     expires_at: int
+    token_fingerprint: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token_fingerprint", fingerprint(self.token))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from app.observability.fingerprints import fingerprint
 from app.tokens.cache import CachedToken, LocalTokenCache, cache_key
 
 
@@ -31,3 +32,15 @@ def test_cache_key_covers_every_parameter() -> None:
     assert base != cache_key("ada", 900, "https://staging-api.videodb.io")
     assert cache_key('a",1', 900, "u") != cache_key("a", 1900, "u")  # no ambiguity by joining
     assert "ada" not in base
+
+
+def test_a_kept_token_shows_only_its_fingerprint() -> None:
+    """A token in a traceback's locals or a debugger's view: named, never shown."""
+    now = time.time()
+    kept = CachedToken("st-secret-session-0123456789", int(now) + 900, now)
+    for shown in (repr(kept), repr(kept.minted), str(kept.minted)):
+        assert "st-secret-session-0123456789" not in shown
+    assert kept.minted.token_fingerprint == fingerprint("st-secret-session-0123456789")
+    assert kept.minted.token_fingerprint in repr(kept.minted)
+    assert kept.minted.token == kept.token  # what a reuse hands out
+    assert kept.minted.expires_at == kept.expires_at
