@@ -12,7 +12,6 @@ from typing import TypeVar, cast
 from cachetools import TLRUCache
 
 from app.observability import metrics
-from app.videodb.answers import MintedToken
 
 T = TypeVar("T")
 
@@ -21,18 +20,9 @@ T = TypeVar("T")
 class CachedToken:
     """A token as kept for reuse."""
 
-    token: str = field(repr=False)
+    token: str = field(repr=False)  # never shown
     expires_at: int
     minted_at: float
-    # What each reuse hands out, built once with the fingerprint the logs name it by.
-    minted: MintedToken = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "minted", MintedToken(self.token, self.expires_at))
-
-    def stored(self) -> dict[str, str | int | float]:
-        """What is kept in Redis (sealed): the fields, not what is derived from them."""
-        return {"token": self.token, "expires_at": self.expires_at, "minted_at": self.minted_at}
 
     @property
     def reuse_until(self) -> float:

@@ -90,7 +90,7 @@ class TokenService:
 
     def _issued(self, token: CachedToken, source: TokenSource) -> IssuedToken:
         metrics.TOKENS_BY_SOURCE[source].inc()
-        return IssuedToken(token.minted, source)
+        return IssuedToken(MintedToken(token.token, token.expires_at), source)
 
     async def _mint(self, key: str, user_id: str, ttl: int) -> tuple[CachedToken, TokenSource]:
         if self._shared is None or not self._shared.usable:

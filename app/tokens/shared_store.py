@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 import structlog
 from redis.asyncio.lock import Lock
@@ -77,7 +78,7 @@ class SharedTokenStore:
         keep_ms = int((value.reuse_until - time.time()) * 1000)
         if keep_ms <= 0:
             return
-        sealed = self._sealer.seal(json.dumps(value.stored()).encode(), redis_key.encode())
+        sealed = self._sealer.seal(json.dumps(asdict(value)).encode(), redis_key.encode())
         await self._shared.run(
             lambda: self._shared.client.set(redis_key, sealed, px=keep_ms), "SET"
         )

@@ -42,15 +42,10 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class MintedToken:
-    """An st- token and the moment it stops working (epoch seconds). Shown (repr) by its
-    fingerprint, computed once: a cached token is logged by it at every reuse."""
+    """An st- token and the moment it stops working (epoch seconds); never shown (repr)."""
 
     token: str = field(repr=False)
     expires_at: int
-    token_fingerprint: str = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "token_fingerprint", fingerprint(self.token))
 
 
 @dataclass(frozen=True, slots=True)

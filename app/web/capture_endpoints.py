@@ -19,6 +19,7 @@ from app.capture.wiring import Capture
 from app.config import Settings
 from app.errors import BrokerError, InvalidRequest, UpstreamUnusable
 from app.observability import metrics
+from app.observability.fingerprints import fingerprint
 from app.services import Services, services_of
 from app.tokens.lifetime import requested_lifetime
 from app.videodb.answers import SESSION_ID
@@ -218,7 +219,7 @@ async def create_capture_session(request: Request) -> Response:
         session_id=session.session_id,
         user_id=user.user_id,
         provider=user.provider,
-        token=minted.token_fingerprint,
+        token=fingerprint(minted.token),
         token_source=created.issued.source,
     )
     body = {

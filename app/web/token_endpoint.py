@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.errors import InvalidRequest
+from app.observability.fingerprints import fingerprint
 from app.services import Services, services_in, services_of
 from app.tokens.lifetime import requested_lifetime
 from app.web.problems import NO_STORE, documented_problems
@@ -192,7 +193,7 @@ async def token_answer(request: Request, services: Services) -> bytes:
         "source": issued.source,
         "client_ip": client[0] if client else None,
         "user_agent": (first_header(request.scope, b"user-agent") or "")[:MAX_USER_AGENT_CHARS],
-        "token": issued.minted.token_fingerprint,
+        "token": fingerprint(issued.minted.token),
     }
     return orjson.dumps(
         {"token": issued.minted.token, "expires_at": expires_at, "expires_in": expires_in}
