@@ -98,8 +98,10 @@ def _name_field(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send every log record, ours and uvicorn's, through one structlog pipeline."""
-    json = fmt == "json"
-    stamp: Processor = _utc_now if json else structlog.processors.TimeStamper(fmt="iso", utc=True)
+    as_json = fmt == "json"
+    stamp: Processor = (
+        _utc_now if as_json else structlog.processors.TimeStamper(fmt="iso", utc=True)
+    )
     shared: list[Processor] = [
         _add_request_id,
         structlog.stdlib.add_log_level,
@@ -108,7 +110,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         structlog.stdlib.ExtraAdder(),
     ]
     renderer = _ScrubbingRenderer(
-        _orjson_renderer if json else structlog.dev.ConsoleRenderer(colors=False)
+        _orjson_renderer if as_json else structlog.dev.ConsoleRenderer(colors=False)
     )
     # Our own loggers skip the stdlib machinery, a large part of what a log line would cost
     # (docs/performance.md); records from uvicorn and libraries go through ProcessorFormatter.
