@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -37,7 +38,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
+from opentelemetry.util.types import Attributes
 
 # A span as plain values, what crosses the pipe: see _wire for the fields.
 Wired = tuple[Any, ...]
@@ -59,11 +61,21 @@ class _Resting(Exception):
 
 
 def _wire(span: ReadableSpan) -> Wired:
-    """A finished span's fields, as values any process can rebuild it from."""
+    """A finished span's fields, as values any process can rebuild it from.
+
+    Run on the batch processor's thread, with the GIL the event loop needs, for every span: a
+    span with no events, links or trace state (every span of a kept request) skips their
+    walks, and the attributes are copied by their dict's own `copy`, where `dict()` of the
+    read-only view the SDK hands out walked it in Python (3.5 -> 2.1 µs a span,
+    docs/performance.md, "Eighth pass").
+    """
     context = span.get_span_context()
     assert context is not None  # every span the SDK ends has one
     parent = span.parent
     scope = span.instrumentation_scope
+    status = span.status
+    events = span.events
+    links = span.links
     return (
         span.name,
         _wired_context(context),
@@ -71,22 +83,30 @@ def _wire(span: ReadableSpan) -> Wired:
         span.kind.value,
         span.start_time,
         span.end_time,
-        span.status.status_code.value,
-        span.status.description,
-        dict(span.attributes or {}),
-        tuple((e.name, dict(e.attributes or {}), e.timestamp) for e in span.events),
-        tuple((_wired_context(k.context), dict(k.attributes or {})) for k in span.links),
+        status.status_code.value,
+        status.description,
+        _plain(span.attributes),
+        tuple((e.name, _plain(e.attributes), e.timestamp) for e in events) if events else (),
+        tuple((_wired_context(k.context), _plain(k.attributes)) for k in links) if links else (),
         None if scope is None else (scope.name, scope.version, scope.schema_url),
     )
 
 
+def _plain(attributes: Attributes) -> dict[str, Any]:
+    """Attributes as a plain dict (the SDK's read-only view copies its dict in C)."""
+    if isinstance(attributes, MappingProxyType):
+        return attributes.copy()
+    return dict(attributes or {})
+
+
 def _wired_context(context: SpanContext) -> Wired:
+    state = context.trace_state
     return (
         context.trace_id,
         context.span_id,
         context.is_remote,
         int(context.trace_flags),
-        tuple(context.trace_state.items()),
+        () if state is DEFAULT_TRACE_STATE else tuple(state.items()),
     )
 
 

@@ -104,7 +104,7 @@ def test_a_new_trace_is_kept_as_often_as_the_configured_sampler_says(
         kept = sum(setup.sampled(None) for _ in range(20_000)) / 20_000
         # each standard sampler's rule is applied without asking it (a new SDK's ParentBased
         # may hide its root: then the sampler is asked, as for any other)
-        assert setup._bound is not None
+        assert setup.bound is not None
     finally:
         setup.provider.shutdown()
     assert abs(kept - share) <= 5 * math.sqrt(share * (1 - share) / 20_000), kept  # 5 sigma
