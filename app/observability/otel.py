@@ -373,16 +373,25 @@ class TracingMiddleware:
         everything else, because it is the answer for nearly every request
         (docs/performance.md, "Eighth pass")."""
         bound = self._drop_at
-        if bound is not None and _draw(64) >= bound and tracing.request_sampled() is False:
-            return self.app(scope, receive, send)  # a request's own context says so already
-        return self._decided(scope, receive, send)
+        if bound is None:  # a trusted proxy may speak for it, or the sampler is asked
+            return self._decided(scope, receive, send, None)
+        if _draw(64) < bound:
+            return self._decided(scope, receive, send, True)
+        if tracing.request_sampled() is False:  # a request's own context says so already
+            return self.app(scope, receive, send)
+        return self._decided(scope, receive, send, False)
 
-    async def _decided(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _decided(
+        self, scope: Scope, receive: Receive, send: Send, sampled: bool | None
+    ) -> None:
+        """The request as `sampled` says, or when None, as a trusted proxy's flag or the
+        sampler decides it. Probes, scrapes and other scopes pass through unrecorded."""
         if scope["type"] != "http" or scope["path"] in self.quiet_paths:
             await self.app(scope, receive, send)
             return
         parent = _parent(scope, self.tracing) if self.tracing.trusted else None
-        sampled = self.tracing.sampled(parent)
+        if sampled is None:
+            sampled = self.tracing.sampled(parent)
         if not sampled and tracing.request_sampled() is False:
             await self.app(scope, receive, send)  # a request's own context says so already
             return

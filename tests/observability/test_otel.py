@@ -252,3 +252,39 @@ async def test_a_dropped_request_builds_no_span(
     seen, spans = await _through_middleware(monkeypatch, "always_off", context)
     assert seen == [False, context]
     assert spans == ()
+
+
+@pytest.mark.parametrize("trusted", [[], ["10.0.0.0/8"]])
+async def test_requests_through_the_middleware_are_kept_as_often_as_the_sampler_says(
+    monkeypatch: pytest.MonkeyPatch, trusted: list[str]
+) -> None:
+    """Decided once each: by the draw alone when no proxy is trusted, else as a trusted
+    proxy's flag or the sampler says (this peer is not a trusted one)."""
+    monkeypatch.setattr(otel, "_span_exporter", lambda resource: InMemorySpanExporter())
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.3")
+    setup = Tracing(trusted)
+    seen: list[bool | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(tracing.request_sampled())
+
+    async def request() -> None:
+        await TracingMiddleware(app, tracing_=setup)(_request_scope(), _no_body, _nowhere)
+
+    requests = 4_000
+    try:
+        for _ in range(requests):
+            await asyncio.create_task(request())  # each in a context of its own, as served
+    finally:
+        setup.stop()
+    share = seen.count(True) / requests
+    assert abs(share - 0.3) <= 5 * math.sqrt(0.3 * 0.7 / requests), share  # 5 sigma
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _nowhere(message: Message) -> None:
+    return None
