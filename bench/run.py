@@ -22,7 +22,6 @@ before and after side by side.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import platform
 import random
@@ -44,6 +43,7 @@ from app.sandbox.dev_issuer import DevIssuer
 from app.videodb.client import UPSTREAM_TOKEN_PATH
 from app.web.token_endpoint import TOKEN_PATH
 from bench import worktrees
+from bench.intervals import median_interval
 from bench.tracing_cost import VARIANTS, tracing_cost
 from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
 from harness.servers import ThreadedServer
@@ -71,22 +71,6 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
-
-
-def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """A distribution-free interval for the median of what `values` sample: the k-th
-    smallest and k-th largest, k the largest for which each tail holds at most half of
-    1 - confidence (the binomial count of values below the true median). With fewer than 6
-    values no such k exists, and the interval is the whole range."""
-    ordered = sorted(values)
-    n, tail, below, k = len(ordered), (1 - confidence) / 2, 0.0, 0
-    while k < n // 2:
-        below += math.comb(n, k) / 2**n  # P(exactly k values below the median)
-        if below > tail:
-            break
-        k += 1
-    k = max(k, 1)
-    return ordered[k - 1], ordered[n - k]
 
 
 def _duration_ms(text: str) -> float:
@@ -725,9 +709,14 @@ def report_tracing(settings: dict[str, str], issuer: DevIssuer) -> None:
     )
     for name in VARIANTS:
         each = figures[name]
+        interval = (
+            ""
+            if name == "off"
+            else f" (95 % interval of the median {each['ratio_low']:.2f}-{each['ratio_high']:.2f})"
+        )
         print(
             f"   tracing {name:<20} {each['rps']:>7.0f} req/s  p99 {each['p99_ms']:.2f} ms"
-            f"  -> {each['ratio']:.2f} of tracing off"
+            f"  -> {each['ratio']:.2f} of tracing off{interval}"
         )
     print(f"   (the receiver got {figures['receiver']['mib']:.1f} MiB of spans)")
 

@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from bench.intervals import median_interval
 from harness.broker_process import BrokerProcess
 from harness.otlp_receiver import OtlpReceiver
 from harness.servers import ThreadedServer
@@ -122,12 +123,13 @@ def tracing_cost(
     figures: dict[str, dict[str, float]] = {}
     for name, measured in runs.items():
         ratios = [m["rps"] / off["rps"] for m, off in zip(measured, runs["off"], strict=True)]
+        low, high = median_interval(ratios)
         figures[name] = {
             "rps": statistics.median(m["rps"] for m in measured),
             "p99_ms": statistics.median(m["p99_ms"] for m in measured),
             "ratio": statistics.median(ratios),
-            "ratio_low": min(ratios),
-            "ratio_high": max(ratios),
+            "ratio_low": low,  # the 95 % interval of the median
+            "ratio_high": high,
         }
         print(  # the spread, beside figure 5's medians
             f"   ({name}: rounds' ratios {min(ratios):.2f}-{max(ratios):.2f}: "
