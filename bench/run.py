@@ -44,6 +44,7 @@ from app.videodb.client import UPSTREAM_TOKEN_PATH
 from app.web.token_endpoint import TOKEN_PATH
 from bench import worktrees
 from bench.intervals import median_interval
+from bench.processes import cpu_seconds
 from bench.tracing_cost import VARIANTS, tracing_cost
 from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
 from harness.servers import ThreadedServer
@@ -414,10 +415,10 @@ def cache_miss_under_load(
                     first = (turn * brokers_measured + (name == "before")) * per_round
                     args = [str(first), str(first + per_round)]
                     pid = pids.get(name)
-                    cpu_before = _cpu_seconds(pid) if pid else 0.0
+                    cpu_before = cpu_seconds(pid) if pid else 0.0
                     result = wrk(url, script, connections, *args)
                     if pid is not None:
-                        busy = _cpu_seconds(pid) - cpu_before
+                        busy = cpu_seconds(pid) - cpu_before
                         result["cpu_share"] = busy / ROUND_SECONDS
                         result["cpu_ms_per_request"] = busy * 1000 / result["requests"]
                     if turn:
@@ -534,13 +535,6 @@ def coalescing(broker: BrokerProcess, videodb_url: str, issuer: DevIssuer) -> di
     if ok != len(statuses):
         print(f"   (statuses seen: {dict(Counter(statuses))})")
     return {"one_user_calls": same_user, "many_users_calls": _calls(videodb_url), "ok": ok}
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time (user and system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
@@ -716,7 +710,8 @@ def report_tracing(settings: dict[str, str], issuer: DevIssuer) -> None:
         )
         print(
             f"   tracing {name:<20} {each['rps']:>7.0f} req/s  p99 {each['p99_ms']:.2f} ms"
-            f"  -> {each['ratio']:.2f} of tracing off{interval}"
+            f"  -> {each['ratio']:.2f} of tracing off{interval}; CPU {each['cpu_us']:.0f} µs a "
+            f"hit, export child included (off's / this: {each['cpu_ratio']:.2f})"
         )
     print(f"   (the receiver got {figures['receiver']['mib']:.1f} MiB of spans)")
 

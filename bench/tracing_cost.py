@@ -40,6 +40,7 @@ from typing import Any, TextIO
 import httpx
 
 from bench.intervals import median_interval
+from bench.processes import family_cpu_seconds
 from harness.broker_process import BrokerProcess
 from harness.otlp_receiver import OtlpReceiver
 from harness.servers import ThreadedServer
@@ -113,7 +114,12 @@ def tracing_cost(
                 order = list(brokers)  # a new order each round: no variant always goes first
                 random.shuffle(order)
                 for name in order:
-                    runs[name].append(wrk(brokers[name][turn % PROCESSES].url + path, post))
+                    broker = brokers[name][turn % PROCESSES]
+                    cpu = family_cpu_seconds(broker.proc.pid)
+                    each = wrk(broker.url + path, post)
+                    used = family_cpu_seconds(broker.proc.pid) - cpu  # its export child's too
+                    each["cpu_us"] = used * 1e6 / each["requests"]
+                    runs[name].append(each)
     finally:
         for broker in (b for each in brokers.values() for b in each):
             broker.terminate()
@@ -130,6 +136,12 @@ def tracing_cost(
             "ratio": statistics.median(ratios),
             "ratio_low": low,  # the 95 % interval of the median
             "ratio_high": high,
+            # CPU a hit, the broker's and its export child's: the work itself, which moves
+            # less with what else the machine runs than the throughput does
+            "cpu_us": statistics.median(m["cpu_us"] for m in measured),
+            "cpu_ratio": statistics.median(
+                off["cpu_us"] / m["cpu_us"] for m, off in zip(measured, runs["off"], strict=True)
+            ),
         }
         print(  # the spread, beside figure 5's medians
             f"   ({name}: rounds' ratios {min(ratios):.2f}-{max(ratios):.2f}: "
