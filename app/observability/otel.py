@@ -62,6 +62,7 @@ DEFAULT_EXPORT_TIMEOUT = 10.0  # seconds: the OTLP exporter's own default
 MAX_SHUTDOWN_FLUSH_SECONDS = 5.0
 
 log = structlog.get_logger(logger_name=__name__)
+_draw = random.getrandbits  # 64 random bits decide a new trace, as the sampler would
 
 
 class _Child:
@@ -213,7 +214,7 @@ class Tracing:
         # The sampler the environment configures decides each request before anything is
         # built (TracingMiddleware); the provider then samples what was decided.
         self.sampler = TracerProvider(shutdown_on_exit=False).sampler
-        self.bound = _ratio_bound(self.sampler)
+        self.bound = _ratio_bound(self.sampler)  # None: the sampler is asked each time
         resource = Resource.create(attributes)
         self.provider = TracerProvider(resource=resource, sampler=_Decided(self.sampler))
         self.exporter = _span_exporter(resource)
@@ -338,7 +339,6 @@ def _trusted(
 
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_draw = random.getrandbits
 
 
 def _parent(scope: Scope, tracing_: Tracing) -> Context | None:
@@ -363,16 +363,16 @@ class TracingMiddleware:
         self.app = app
         self.tracing = tracing_
         self.quiet_paths = quiet_paths
-        # A request no trusted proxy can speak for, dropped by the sampler's draw, passes
-        # straight through (see __call__); None when the draw cannot decide it alone.
-        self._drop_at = tracing_.bound if not tracing_.trusted else None
+        # A request no trusted proxy can speak for is decided by one draw, kept below this
+        # bound (see __call__); None when a trusted proxy's flag or the sampler decides.
+        self._keep_below = tracing_.bound if not tracing_.trusted else None
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """The inner app's own coroutine for a request dropped by the sampler's draw: no
         coroutine of this layer's, no look-up of the path first. Deciding comes before
         everything else, because it is the answer for nearly every request
         (docs/performance.md, "Eighth pass")."""
-        bound = self._drop_at
+        bound = self._keep_below
         if bound is None:  # a trusted proxy may speak for it, or the sampler is asked
             return self._decided(scope, receive, send, None)
         if _draw(64) < bound:
