@@ -112,8 +112,9 @@ def _run(env: dict[str, str], collector: str) -> dict[str, float]:
         cwd=REPO,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if done.returncode:  # the worker's own traceback, not only its exit status
+        raise SystemExit(f"the worker ({env}) failed:\n{done.stderr}")
     figures: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
     return figures
 

@@ -4,10 +4,11 @@ Figure 5 of `make bench` (`tracing_cost`): brokers alike but for tracing (off; o
 default sampler, every trace kept; on with 10 % and 1 % of traces sampled; on with every
 request dropped, `always_off`: what deciding alone costs), each exporting to an OTLP receiver
 on loopback, measured in wrk rounds, in a new order each round; medians, and each one's
-throughput as a ratio to the broker with tracing off in the same round (each round's ratios
-on stderr). Each variant runs in BENCH_TRACING_PROCESSES processes (3 by default) that take
-its rounds in turn. With BENCH_BASELINE=REF, the broker at REF (a temporary git worktree) at 10 %,
-1 % and every request dropped, in the same rounds.
+throughput as a ratio to the broker with tracing off in the same round, with a 95 % interval
+of that median (each round's ratios on stderr), and the CPU a hit, the broker's and its
+export child's, with tracing off's over it. Each variant runs in BENCH_TRACING_PROCESSES
+processes (3 by default) that take its rounds in turn. With BENCH_BASELINE=REF, the broker at
+REF (a temporary git worktree) at 10 %, 1 % and every request dropped, in the same rounds.
 
 `python -m bench.tracing_cost [REF ...]`: the same variants in process: each round drives
 BENCH_TRACING_HITS hits (2,000 by default, after 500 to warm up) straight through each
