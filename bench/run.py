@@ -166,6 +166,14 @@ def start_bare(app: str = "bench.bare_app:app", **env: str) -> tuple[subprocess.
     raise SystemExit("the bare baseline did not start")
 
 
+def _wrk_with_cpu(url: str, script: Path, pid: int) -> dict[str, float]:
+    """A wrk round, with the CPU time the server at `pid` spent a request (µs)."""
+    started = cpu_seconds(pid)
+    result = wrk(url, script)
+    result["cpu_us"] = (cpu_seconds(pid) - started) * 1e6 / result["requests"]
+    return result
+
+
 def cache_hit_ratio(
     broker: BrokerProcess, bearer: str, before: BrokerProcess | None = None
 ) -> dict[str, float]:
@@ -189,10 +197,12 @@ def cache_hit_ratio(
             wrk(bare_url + TOKEN_PATH, script)
             broker_runs, bare_runs, before_runs = [], [], []
             for _ in range(ROUNDS):
-                broker_runs.append(wrk(broker.url + TOKEN_PATH, script))
-                bare_runs.append(wrk(bare_url + TOKEN_PATH, script))
+                broker_runs.append(_wrk_with_cpu(broker.url + TOKEN_PATH, script, broker.proc.pid))
+                bare_runs.append(_wrk_with_cpu(bare_url + TOKEN_PATH, script, bare.pid))
                 if before is not None:
-                    before_runs.append(wrk(before.url + TOKEN_PATH, script))
+                    before_runs.append(
+                        _wrk_with_cpu(before.url + TOKEN_PATH, script, before.proc.pid)
+                    )
     finally:
         bare.terminate()
         bare.wait()
@@ -204,8 +214,11 @@ def cache_hit_ratio(
             "before_rps": statistics.median(r["rps"] for r in before_runs),
             "before_ratio": statistics.median(before_ratios),
             "before_p99_ms": statistics.median(r["p99_ms"] for r in before_runs),
+            "before_cpu_us": statistics.median(r["cpu_us"] for r in before_runs),
         }
     return baseline | {
+        "broker_cpu_us": statistics.median(r["cpu_us"] for r in broker_runs),
+        "bare_cpu_us": statistics.median(r["cpu_us"] for r in bare_runs),
         "broker_rps": statistics.median(r["rps"] for r in broker_runs),
         "bare_rps": statistics.median(r["rps"] for r in bare_runs),
         "ratio": statistics.median(ratios),
@@ -686,10 +699,14 @@ def report_hit(broker: BrokerProcess, issuer: DevIssuer, before: BrokerProcess |
         f"rounds ranged {hit['ratio_low']:.2f}-{hit['ratio_high']:.2f})"
     )
     print(f"   p99 latency: broker {hit['broker_p99_ms']:.2f} ms, bare {hit['bare_p99_ms']:.2f} ms")
+    print(  # the server's own share; wrk, beside it on the machine, takes the rest
+        f"   CPU a request: broker {hit['broker_cpu_us']:.0f} us, bare {hit['bare_cpu_us']:.0f} us"
+    )
     if "before_ratio" in hit:
         print(
             f"   before ({BASELINE}): {hit['before_rps']:.0f} req/s -> ratio "
-            f"{hit['before_ratio']:.2f}, p99 {hit['before_p99_ms']:.2f} ms"
+            f"{hit['before_ratio']:.2f}, p99 {hit['before_p99_ms']:.2f} ms, "
+            f"{hit['before_cpu_us']:.0f} us of CPU a request"
         )
 
 

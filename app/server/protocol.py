@@ -13,7 +13,9 @@ proxy that enforces its own limits this never matters; a broker that terminates 
   keep-alive timeout (`token-broker serve --keep-alive`) closes it quietly;
 - refuses a head larger than MAX_HEAD_BYTES with 431 before it is parsed further, for every
   request on the connection (see the class for how a head is measured);
-- answers bytes that are not HTTP with a problem body too (uvicorn's is plain text).
+- answers bytes that are not HTTP with a problem body too (uvicorn's is plain text);
+- writes what a step of the event loop has for the connection in one call, so that a
+  response's head and body leave together (step_writes.py; uvicorn writes them apart).
 
 Waiting for a response is not limited here: that is the app's business (its deadlines).
 """
@@ -30,6 +32,7 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.observability import metrics
+from app.server.step_writes import StepWriter
 from app.web.problems import PROBLEM_CONTENT_TYPE, problem_document
 from app.web.request_context import SECURITY_HEADERS
 
@@ -87,6 +90,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # A response's head and body in one write (step_writes.py); uvicorn's flow control
+        # keeps the transport itself.
+        self.transport = StepWriter(transport, self.loop)  # type: ignore[assignment]
         # A new connection that sends nothing is idle like a kept-alive one: uvicorn's own
         # keep-alive timer closes it quietly (it is cancelled by the first byte that comes).
         self.timeout_keep_alive_task = self.loop.call_later(
