@@ -17,6 +17,7 @@ from harness.broker_process import BrokerProcess
 from harness.servers import ThreadedServer
 from tests.fakes.identity_provider import FakeIdentityProvider
 from tests.integration.conftest import AUDIENCE, TOKEN_PATH, broker_settings
+from tests.integration.raw_http import read_one_response
 
 pytestmark = pytest.mark.integration
 
@@ -40,22 +41,6 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
-
-
-def _read_one_response(sock: socket.socket) -> bytes:
-    """One whole response on a kept-alive connection (head, then Content-Length bytes)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.lower().split(b"\r\n")
-        if line.startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
 
 
 def _timed_read(sock: socket.socket, started: float) -> tuple[float, bytes]:
@@ -144,7 +129,7 @@ def test_a_partial_head_behind_a_whole_request_gets_the_read_deadline(
     with _connect(broker, timeout=90) as sock:
         started = time.monotonic()
         sock.sendall(HEALTH + b"GET /healthz HTTP/1.1\r\nHost: b\r\n")
-        assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_one_response(sock).startswith(b"HTTP/1.1 200 ")
         elapsed, rest = _timed_read(sock, started)
     status, problem = _problem(rest)
     assert (status, problem["code"]) == (408, "request_timeout")
@@ -213,7 +198,7 @@ def test_slow_clients_are_cut_off_and_everyone_else_is_served(
                 b"POST " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: b\r\n"
                 b"Authorization: Bearer " + bearer.encode() + b"\r\nContent-Length: 0\r\n\r\n"
             )
-            assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")
+            assert read_one_response(sock).startswith(b"HTTP/1.1 200 ")
             time.sleep(2.0)  # idle, within uvicorn's keep-alive
     for client in clients:
         client.join(timeout=30)
@@ -235,9 +220,9 @@ def test_a_websocket_upgrade_is_answered_as_plain_http(broker: BrokerProcess) ->
     """No WebSocket endpoints and no WebSocket layer: the upgrade gets our usual problem."""
     with _connect(broker) as sock:
         sock.sendall(UPGRADE)
-        status, problem = _problem(_read_one_response(sock))
+        status, problem = _problem(read_one_response(sock))
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")  # and the connection
-        assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")  # serves on as HTTP
+        assert read_one_response(sock).startswith(b"HTTP/1.1 200 ")  # serves on as HTTP
     assert (status, problem["code"]) == (405, "method_not_allowed")
     logged = broker.output()
     assert "Unsupported upgrade" not in logged
@@ -255,7 +240,7 @@ def test_idle_connections_close_quietly_after_the_keep_alive(
         with _connect(process) as fresh, _connect(process) as used:
             started = time.monotonic()
             used.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
-            assert _read_one_response(used).startswith(b"HTTP/1.1 200 ")
+            assert read_one_response(used).startswith(b"HTTP/1.1 200 ")
             for sock in (fresh, used):
                 elapsed, answer = _timed_read(sock, started)
                 assert answer == b""

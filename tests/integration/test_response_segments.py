@@ -10,6 +10,7 @@ import pytest
 
 from harness.broker_process import BrokerProcess
 from tests.integration.conftest import TOKEN_PATH
+from tests.integration.raw_http import read_one_response
 
 pytestmark = pytest.mark.integration
 
@@ -23,23 +24,6 @@ def _data_segments_in(sock: socket.socket) -> int:
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
     assert len(info) >= _DATA_SEGS_IN_OFFSET + 4, "this kernel's tcp_info lacks data_segs_in"
     return int(_DATA_SEGS_IN.unpack_from(info, _DATA_SEGS_IN_OFFSET)[0])
-
-
-def _exchange(sock: socket.socket, request: bytes) -> bytes:
-    """Send one request and read its whole response (head, then Content-Length bytes)."""
-    sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.lower().split(b"\r\n")
-        if line.startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head
 
 
 @pytest.mark.parametrize(
@@ -57,6 +41,6 @@ def test_each_response_arrives_as_one_segment(broker: BrokerProcess, request_byt
     with socket.create_connection(("127.0.0.1", broker.port), timeout=20) as sock:
         for _ in range(3):  # kept alive: every response, not only the first
             before = _data_segments_in(sock)
-            head = _exchange(sock, request_bytes)
-            assert head.startswith(b"HTTP/1.1 ")
+            sock.sendall(request_bytes)
+            assert read_one_response(sock).startswith(b"HTTP/1.1 ")
             assert _data_segments_in(sock) - before == 1
