@@ -1,6 +1,6 @@
 """`make bench`: the broker's performance figures, each measured side by side in one run.
 
-Prints, with the machine it ran on:
+Prints, with the machine it ran on and its speed at the start and the end (bench/yardstick.py):
 1. cache-hit throughput as a ratio to a bare FastAPI endpoint returning the same JSON
    (wrk, 32 connections, alternating rounds, medians), with p99 latency;
 2. cache-miss overhead above a stand-in VideoDB that answers in 20 ms (p50, p99): one
@@ -46,6 +46,7 @@ from bench import worktrees
 from bench.intervals import median_interval
 from bench.processes import cpu_seconds
 from bench.tracing_cost import VARIANTS, tracing_cost
+from bench.yardstick import yardstick
 from harness.broker_process import REPO, BrokerProcess, clean_env, free_port
 from harness.servers import ThreadedServer
 
@@ -651,6 +652,7 @@ def main() -> int:
         baseline = worktrees.checkout(BASELINE) if BASELINE else None
         before = BrokerProcess(settings, repo=baseline).wait_ready() if baseline else None
         print(f"machine: {machine()}")
+        print(f"host speed: {host_speed(videodb_url)}")
         print("broker: one uvicorn worker, JSON logs at INFO; stand-ins on loopback")
         if before is not None:
             print(f"before: the broker at {BASELINE}, in the same rounds")
@@ -674,6 +676,7 @@ def main() -> int:
                 before.terminate()
         if "memory" in PHASES:
             report_memory(videodb_url, baseline)
+        print(f"host speed at the end: {host_speed(videodb_url)}")
     finally:
         if baseline is not None:
             worktrees.remove([baseline])
@@ -681,6 +684,15 @@ def main() -> int:
         videodb_proc.wait()
         issuer_server.stop()
     return 0
+
+
+def host_speed(videodb_url: str) -> str:
+    """The yardstick (bench/yardstick.py), as the run prints it."""
+    median, low, high = yardstick(videodb_url, API_KEY)
+    return (
+        f"aiohttp alone to the stand-in, 8 calls in flight: {median:.0f} us of CPU a call "
+        f"({low:.0f}-{high:.0f}) (bench/yardstick.py)"
+    )
 
 
 def report_hit(broker: BrokerProcess, issuer: DevIssuer, before: BrokerProcess | None) -> None:
@@ -763,6 +775,8 @@ def report_miss_under_load(
         f"2b. cache miss under load: wrk, every request a new user, median of {LOAD_ROUNDS} "
         f"shuffled {ROUND_SECONDS}s rounds beside wrk straight at the stand-in"
     )
+    speed, _, _ = yardstick(videodb_url, API_KEY)  # the host's speed as this figure starts
+    print(f"   the yardstick now: {speed:.0f} us of CPU a call with aiohttp alone")
     for connections in LOAD_CONNECTIONS:
         load = cache_miss_under_load(broker, videodb_url, issuer, connections, before)
         print(
@@ -795,6 +809,10 @@ def report_miss_under_load(
             )
         capacity = 1000 / load["broker_cpu_ms"]  # one worker, were its CPU the only limit
         print(f"      one worker's capacity at this CPU a miss: {capacity:.0f} new users/s")
+        print(
+            f"      in yardstick calls: a miss {load['broker_cpu_ms'] * 1000 / speed:.2f}, "
+            f"the forwarder's call {load['proxy_cpu_ms'] * 1000 / speed:.2f}"
+        )
 
 
 def report_hop(videodb_url: str) -> None:
