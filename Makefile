@@ -63,8 +63,8 @@ prometheus-rule: ## deploy/kubernetes/components/prometheus-operator/prometheusr
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
 
-bench: $(STAMP) ## performance figures side by side (needs wrk: apt-get install wrk)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk: apt-get install wrk"; exit 1; }
+bench: $(STAMP) ## performance figures side by side (needs wrk and redis-server: apt-get install wrk redis-server)
+	@{ command -v wrk && command -v redis-server; } >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk redis-server >/dev/null; } || { echo "install wrk and redis-server: apt-get install wrk redis-server"; exit 1; }
 	$(BIN)/python -m bench.run
 	@# live capture: event to feed on one replica and across two (Redis), memory per feed
 	$(if $(or $(if $(BENCH_ONLY),,all),$(findstring live,$(BENCH_ONLY))),$(BIN)/python -m bench.live_feed)
