@@ -1,7 +1,7 @@
 """The host's speed, in the unit a cache miss is paid in, measured in the run that uses it.
 
-This machine's speed has differed by half between sessions with the same code (aiohttp
-alone has cost 217-425 µs of CPU a call), so an absolute CPU figure means little without
+This machine's speed has differed by up to two times between sessions with the same code
+(aiohttp alone has cost 217-425 µs of CPU a call), so an absolute CPU figure means little without
 the speed it was measured at. The yardstick: calls made with aiohttp alone (no httpx, no
 broker) to the stand-in VideoDB, 8 in flight on uvloop, their CPU time a call; the same
 loopback sockets, parser and event loop a miss uses, so it moves with the host as a miss
