@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import TypeVar
 
 import httpx
@@ -227,7 +227,7 @@ class VideoDBClient:
             # Streamed, and no more read than the cap: a hostile or broken answer cannot
             # fill memory, and its body is never logged.
             body = bytearray()
-            async for chunk in resp.aiter_bytes():
+            async for chunk in _body(resp):
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     break
@@ -235,6 +235,14 @@ class VideoDBClient:
             await resp.aclose()
         tracing.annotate(**{"http.response.status_code": resp.status_code})  # the attempt's
         return Answer(resp.status_code, resp.headers, bytes(body))
+
+
+def _body(resp: httpx.Response) -> AsyncIterable[bytes]:
+    """The answer's body: as it came, unless VideoDB encoded it although asked not to (then
+    as httpx decodes it, the cap counting what it inflates to)."""
+    if "content-encoding" in resp.headers or not isinstance(resp.stream, httpx.AsyncByteStream):
+        return resp.aiter_bytes()
+    return resp.stream  # httpx's decoder and chunker over it cost a tenth of the call
 
 
 T = TypeVar("T")

@@ -1,8 +1,12 @@
 """The VideoDB client's kept transport: httpx's API over aiohttp's HTTP/1.1 (httpx-aiohttp).
 
 aiohttp parses answers in C and keeps its own pool; httpx stays the API (timeouts, proxies
-from the environment, the CA bundle, streaming). Three things are ours, each because the
-call that carries the key depends on it:
+from the environment, the CA bundle, streaming). httpx-aiohttp builds the transport (its
+CA bundle, limits and proxy as httpx reads them); the exchange itself is ours, the same
+arguments to aiohttp as httpx-aiohttp passes, less what it adds to every call (its timeouts
+made anew, the body read through three nested streams: a tenth of a call's CPU,
+docs/performance.md). No byte of HTTP is written or parsed here: aiohttp does both. Three
+more things are ours, each because the call that carries the key depends on it:
 - aiohttp's failures are told as the httpx exceptions httpcore raises for the same event,
   so that "never sent" still means never sent (httpx-aiohttp's own table calls a server that
   hung up after our request a connect timeout, and lets a malformed answer through as
@@ -19,6 +23,7 @@ import select
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 import aiohttp
 import httpx
@@ -65,20 +70,29 @@ def _told_as_httpcore() -> Iterator[None]:
         raise _as_httpcore_tells(exc.__cause__) from exc.__cause__
 
 
-class _ToldStream(httpx.AsyncByteStream):
-    """An answer's body, its failures told as httpcore's."""
+class _AnswerStream(httpx.AsyncByteStream):
+    """An answer's body as aiohttp buffered it, its failures told as httpcore's."""
 
-    def __init__(self, stream: httpx.AsyncByteStream) -> None:
-        self._stream = stream
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _told_as_httpcore():
-            async for chunk in self._stream:
+            while chunk := await self._response.content.readany():
                 yield chunk
 
     async def aclose(self) -> None:
+        """Back to the pool when read to its end; closed otherwise (aiohttp's rule)."""
         with _told_as_httpcore():
-            await self._stream.aclose()
+            await self._response.__aexit__(None, None, None)
+
+
+@lru_cache(maxsize=16)
+def _timeouts(
+    connect: float | None, read: float | None, pool: float | None
+) -> aiohttp.ClientTimeout:
+    """httpx's timeouts as aiohttp's, made once per set (a client's are fixed)."""
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)
 
 
 def _bytes_waiting(protocol: ResponseHandler) -> bool:
@@ -129,12 +143,41 @@ class AiohttpTransport(httpx_aiohttp.AiohttpTransport):
         return session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """One exchange; aiohttp's failures raised as httpcore's."""
+        """One exchange, as httpx-aiohttp makes it less the layers it adds to every call: the
+        timeouts made once, the body read through one stream (not three nested), failures
+        told as httpcore's."""
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        timeout = request.extensions.get("timeout", {})
+        data: bytes | httpx.AsyncByteStream | None
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            data = request.stream  # type: ignore[assignment]  # aiohttp reads it as it sends
+            request.headers.pop("transfer-encoding", None)  # aiohttp frames the body itself
+        proxy = self.proxy
         with _told_as_httpcore():
-            response = await super().handle_async_request(request)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _ToldStream(response.stream)
-        return response
+            response = await self.client.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=_timeouts(timeout.get("connect"), timeout.get("read"), timeout.get("pool")),
+                server_hostname=request.extensions.get("sni_hostname"),
+                proxy=str(proxy.url) if proxy else None,
+                proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
+                proxy_headers=proxy.headers.multi_items() if proxy else None,
+            )
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_AnswerStream(response),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
 
 # httpx's own default (it always passes its limits: only the signature needs one)

@@ -6,6 +6,7 @@ queues for the bounded connections, and a connection carries no answer over to a
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import ssl
@@ -256,6 +257,28 @@ async def test_an_endless_answer_is_read_no_further_than_the_cap() -> None:
         with pytest.raises(UpstreamError):
             await client.mint("ada", 600)
     assert sent < 50 * MAX_RESPONSE_BYTES + 10_000_000  # stopped, not read to the end
+
+
+def gzipped(body: bytes) -> bytes:
+    """A whole HTTP answer whose body VideoDB compressed although asked for identity."""
+    packed = gzip.compress(body)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(packed) + packed
+
+
+async def test_an_answer_compressed_unasked_is_read_inflated_and_capped_inflated() -> None:
+    token = json.dumps({"success": True, "data": {"token": "st-zipped", "expires_in": 600}})
+    # within the cap on the wire, some thousand times the cap once inflated
+    bomb = b'{"success": true, "data": {"pad": "' + b"0" * (100 * MAX_RESPONSE_BYTES) + b'"}}'
+    bodies = iter([token.encode(), bomb])
+
+    async def compressing(writer: asyncio.StreamWriter) -> None:
+        writer.write(gzipped(next(bodies)))
+
+    async with peer(answering(compressing)) as url, videodb_client(url) as client:
+        assert (await client.mint("ada", 600)).token == "st-zipped"
+        with pytest.raises(UpstreamError, match="oversized"):
+            await client.mint("bob", 600)
 
 
 async def test_a_cancelled_call_never_leaves_its_answer_for_the_next() -> None:
