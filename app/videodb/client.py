@@ -230,6 +230,7 @@ class VideoDBClient:
             async for chunk in _body(resp):
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
+                    del body[MAX_RESPONSE_BYTES + 1 :]  # what Answer promises, no more
                     break
         finally:
             await resp.aclose()
@@ -242,7 +243,7 @@ def _body(resp: httpx.Response) -> AsyncIterable[bytes]:
     as httpx decodes it, the cap counting what it inflates to)."""
     if "content-encoding" in resp.headers or not isinstance(resp.stream, httpx.AsyncByteStream):
         return resp.aiter_bytes()
-    return resp.stream  # httpx's decoder and chunker over it cost a tenth of the call
+    return resp.stream  # httpx's decoder and chunker over it cost a few per cent of a call
 
 
 T = TypeVar("T")

@@ -4,7 +4,7 @@ aiohttp parses answers in C and keeps its own pool; httpx stays the API (timeout
 from the environment, the CA bundle, streaming). httpx-aiohttp builds the transport (its
 CA bundle, limits and proxy as httpx reads them); the exchange itself is ours, the same
 arguments to aiohttp as httpx-aiohttp passes, less what it adds to every call (its timeouts
-made anew, the body read through three nested streams: a tenth of a call's CPU,
+made anew, the body read through three nested streams: 6-8 % of a call's CPU,
 docs/performance.md). No byte of HTTP is written or parsed here: aiohttp does both. Three
 more things are ours, each because the call that carries the key depends on it:
 - aiohttp's failures are told as the httpx exceptions httpcore raises for the same event,
@@ -71,14 +71,18 @@ def _told_as_httpcore() -> Iterator[None]:
 
 
 class _AnswerStream(httpx.AsyncByteStream):
-    """An answer's body as aiohttp buffered it, its failures told as httpcore's."""
+    """An answer's body in pieces of at most 16 KiB (as httpx-aiohttp reads it), its failures
+    told as httpcore's. aiohttp may hold several hundred KiB: read whole, one piece could
+    overshoot the client's cap by as much, and httpx inflates a compressed piece whole."""
+
+    PIECE = 16 * 1024
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _told_as_httpcore():
-            while chunk := await self._response.content.readany():
+            while chunk := await self._response.content.read(self.PIECE):
                 yield chunk
 
     async def aclose(self) -> None:

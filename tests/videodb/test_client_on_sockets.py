@@ -281,6 +281,30 @@ async def test_an_answer_compressed_unasked_is_read_inflated_and_capped_inflated
             await client.mint("bob", 600)
 
 
+async def test_a_large_answer_is_kept_to_the_cap_and_handed_over_in_small_pieces() -> None:
+    """Whatever aiohttp buffered, the body reaches httpx 16 KiB at a time (a compressed piece
+    is inflated whole), and the client keeps no more than the cap and one byte."""
+    big = b"x" * (6 * MAX_RESPONSE_BYTES)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big)
+
+    async def all_at_once(writer: asyncio.StreamWriter) -> None:
+        writer.write(head + big)
+
+    async with peer(answering(all_at_once)) as url, videodb_client(url) as client:
+        answer = await client.call("GET", "/big", None, None)
+        assert len(answer.body) == MAX_RESPONSE_BYTES + 1
+        http = build_http_client(2.0)
+        try:
+            response = await http.send(http.build_request("GET", url + "/big"), stream=True)
+            await asyncio.sleep(0.2)  # the whole answer in aiohttp's buffer
+            pieces = [len(piece) async for piece in response.aiter_raw()]
+            await response.aclose()
+        finally:
+            await http.aclose()
+    assert sum(pieces) == len(big)
+    assert max(pieces) <= 16 * 1024
+
+
 async def test_a_cancelled_call_never_leaves_its_answer_for_the_next() -> None:
     answers = iter(["st-late", "st-next"])
 
