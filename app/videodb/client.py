@@ -39,7 +39,7 @@ UPSTREAM_TOKEN_PATH = "/capture/session/token"  # noqa: S105 - VideoDB's path, n
 # VideoDB calls at once per process unless BROKER_UPSTREAM_MAX_CONNECTIONS says otherwise; the
 # rest queue in front of the pool (a bounded pool also bounds the TLS connections a login
 # storm opens to VideoDB). Calls in flight are new users a second times VideoDB's latency:
-# 64 carry 640 a second at 100 ms; one worker's CPU mints 700-1,400 by host (docs/operations.md).
+# 64 carry 640 a second at 100 ms; one worker's CPU mints 700-1,600 by host (docs/operations.md).
 MAX_CONNECTIONS = 64
 CLIENT_ID = f"videodb-token-broker/{__version__}"
 
