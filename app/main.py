@@ -51,7 +51,7 @@ OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # The collector's young pass starts, by default, every 700 net new container objects. A
 # worker with 32 token requests in flight holds about that many (their coroutines, requests,
 # aiohttp's objects), so a pass came every dozen misses and moved the requests in flight to
-# the older generations, whose passes walk every cached token and verified user: 50-80 µs of
+# the older generations, whose passes walk every cached token and verified user: 55-85 µs of
 # CPU a miss at 32 connections, 100-145 µs at 64, 7-18 % (docs/performance.md). 10,000 is
 # more than a worker holds with 64 requests in flight. It delays only the freeing of
 # reference cycles, which the token path hardly makes (one in thousands of requests); the
