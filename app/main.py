@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -87,8 +86,8 @@ def lifespan_for(
         async with AsyncExitStack() as stack:
             if tracing is not None:  # first: the signing keys' first fetch is traced too
                 tracing.start()
-                # queued spans go out, bounded (otel.py); off the loop; closed last
-                stack.push_async_callback(asyncio.to_thread, tracing.stop)
+                # queued spans go out, bounded (otel.py); closed last
+                stack.push_async_callback(tracing.stop)
             stack.callback(log.info, "broker_stopped")
             services = await _start_services(settings, stack)
             log.info(

@@ -1,37 +1,41 @@
-"""The OTLP exporter in a process of its own, so that encoding spans never takes the GIL the
-event loop needs.
+"""The OTLP exporter in a process of its own, so that neither encoding spans nor moving them
+takes the GIL the event loop needs.
 
-The SDK's batch processor still queues and batches the spans in the broker (a full queue
-drops, as before); each batch then crosses a pipe as plain values (names, ids, times,
-attributes: a few µs a span, pickled by `multiprocessing`) to a child process that rebuilds
-the spans and hands them to OpenTelemetry's own OTLP exporter. Encoding a span to protobuf
-costs about 23 µs, the posting more, and in the broker's process both held the GIL its event
-loop needs (docs/performance.md, "Third pass: the export in a process of its own").
+The broker's finished spans wait on the event loop as plain values (names, ids, times,
+attributes: `span_outbox.py`); every few dozen, or within half a second, they are pickled
+there and written to this child's pipe without waiting: a pipe the child has not emptied
+keeps the rest for the next write, and past MAX_UNSENT_BYTES spans are dropped, not queued.
+No thread of the broker's touches a span: the SDK's batch processor on a thread of the
+broker's took the GIL from the loop for every batch it wired, pickled, sent and waited on
+(docs/performance.md, "Thirteenth pass"). The child rebuilds the spans and runs the SDK's own
+batch processor (OTEL_BSP_*: its batches, its queue and drops, its schedule) in front of
+OpenTelemetry's OTLP exporter; after each export it writes one line back, `1 N` (sent) or
+`0 N` (failed), which the broker reads on its loop and logs once per incident (otel.py).
 
 The child, `python -P -m app.observability.export_process`, is started on first use: a fresh
 interpreter (never a `fork` of a process with threads) that imports only the exporter, reads
 the same `OTEL_*` variables, and sits in a session of its own, so a terminal's Ctrl-C reaches
-the broker alone. It exits when its pipe closes, whether the broker shut down or died. A
-child that died or hung is killed and its batch reported as failed, so that `otel.py` logs
-it once per incident; the next is started with a later batch, after a wait that doubles
-while children keep failing (RESTART_*). The pipes carry
-`multiprocessing.connection`'s framing (length-prefixed pickles) between two processes of
-the same program, created by the broker and handed to the child alone.
+the broker alone. It exits when its pipe closes, whether the broker shut down or died, after
+exporting what it holds. A child that died, or stopped reading for longer than the export
+timeout and ANSWER_SLACK_SECONDS, is killed and its spans counted lost; the next is started
+with a later batch, after a wait that doubles while children keep failing (RESTART_*).
+The pipes carry pickles between two processes of the same program, created by the broker
+and handed to the child alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -41,11 +45,16 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import Attributes
 
-# A span as plain values, what crosses the pipe: see _wire for the fields.
+# A span as plain values, what crosses the pipe: see wire for the fields.
 Wired = tuple[Any, ...]
-# How long past the exporter's own timeout the broker waits for a batch's answer before it
-# takes the child for hung: room for a new child's imports on a busy machine.
+# What the broker is told of each export: whether it went out, and how many spans it held.
+Report = Callable[[bool, int, str], None]
+# How long past the exporter's own timeout a child may leave its pipe full before the
+# broker takes it for hung: room for a new child's imports on a busy machine.
 ANSWER_SLACK_SECONDS = 5.0
+# What may wait for a child that reads slower than spans come (about 4,000 spans): past it,
+# batches are dropped, as the SDK's batch processor drops past its queue.
+MAX_UNSENT_BYTES = 1 << 20
 # After a child died, hung or could not start, the next is started no sooner than this, the
 # wait doubling with each failure in a row up to the longest: a child that cannot run (a
 # broken install, a limit on processes) costs a start a minute, not one a batch.
@@ -53,21 +62,24 @@ RESTART_FIRST_WAIT_SECONDS = 1.0
 RESTART_LONGEST_WAIT_SECONDS = 60.0
 # The broker's own settings (the VideoDB key, secrets, Redis URLs) stay out of the child's
 # environment: it needs OTEL_*, proxies and CA bundles, never these.
-_BROKER_SETTINGS = ("BROKER_", "VIDEO_DB_", "VIDEODB_")
+_BROKER_SETTINGS = ("BROKER_", "VIDEODB_", "VIDEO_DB_")
+# Why spans were lost, as the broker logs it.
+COLLECTOR_FAILED = "the collector refused the spans or did not answer in time"
+CHILD_ENDED = "the export process ended"
+CHILD_HUNG = "the export process stopped reading and was killed"
+CHILD_BEHIND = "the export process is behind; spans past its backlog are dropped"
+CHILD_RESTING = "the export process failed a moment ago and is not started yet"
 
 
-class _Resting(Exception):
-    """The last child failed a moment ago: this batch is not exported."""
-
-
-def _wire(span: ReadableSpan) -> Wired:
+def wire(span: ReadableSpan) -> Wired:
     """A finished span's fields, as values any process can rebuild it from.
 
-    Run on the batch processor's thread, with the GIL the event loop needs, for every span: a
-    span with no events, links or trace state (every span of a kept request) skips their
+    For the spans of the SDK's tracer (the broker's background work; a kept request's are
+    built wired, kept_spans.py): a span with no events, links or trace state skips their
     walks, and the attributes are copied by their dict's own `copy`, where `dict()` of the
-    read-only view the SDK hands out walked it in Python (3.5 -> 2.1 µs a span,
-    docs/performance.md, "Eighth pass").
+    read-only view the SDK hands out walked it in Python (docs/performance.md, "Eighth
+    pass"). The fields: name, context, parent (each `wired_context`), kind, start, end,
+    status code, status description, attributes, events, links, scope.
     """
     context = span.get_span_context()
     assert context is not None  # every span the SDK ends has one
@@ -78,8 +90,8 @@ def _wire(span: ReadableSpan) -> Wired:
     links = span.links
     return (
         span.name,
-        _wired_context(context),
-        None if parent is None else _wired_context(parent),
+        wired_context(context),
+        None if parent is None else wired_context(parent),
         span.kind.value,
         span.start_time,
         span.end_time,
@@ -87,7 +99,7 @@ def _wire(span: ReadableSpan) -> Wired:
         status.description,
         _plain(span.attributes),
         tuple((e.name, _plain(e.attributes), e.timestamp) for e in events) if events else (),
-        tuple((_wired_context(k.context), _plain(k.attributes)) for k in links) if links else (),
+        tuple((wired_context(k.context), _plain(k.attributes)) for k in links) if links else (),
         None if scope is None else (scope.name, scope.version, scope.schema_url),
     )
 
@@ -99,7 +111,7 @@ def _plain(attributes: Attributes) -> dict[str, Any]:
     return dict(attributes or {})
 
 
-def _wired_context(context: SpanContext) -> Wired:
+def wired_context(context: SpanContext) -> Wired:
     state = context.trace_state
     return (
         context.trace_id,
@@ -115,8 +127,8 @@ def _context(wired: Wired) -> SpanContext:
     return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), TraceState(state))
 
 
-def _unwire(wired: Wired, resource: Resource) -> ReadableSpan:
-    """The span `_wire` took apart, with the broker's resource."""
+def unwire(wired: Wired, resource: Resource) -> ReadableSpan:
+    """The span `wire` took apart, with the broker's resource."""
     (
         name,
         context,
@@ -160,123 +172,176 @@ class _Resource(Resource):
         return self._hash
 
 
-def _serve(batches: Connection, answers: Connection) -> None:
-    """The child: the resource first, then each batch exported and answered with whether it
-    went out; at the end of the pipe, the exporter's own shutdown."""
-    # Nothing here logs: the broker logs a failed batch, once per incident (otel.py), in its
-    # own format; a library's own line would reach stderr raw.
+class _Reporting(SpanExporter):
+    """In the child: the OTLP exporter, each export's outcome written back to the broker."""
+
+    def __init__(self, inner: SpanExporter, reports: int) -> None:
+        self._inner = inner
+        self._reports = reports
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:  # the exporter's own bug must not end the export thread
+            result = SpanExportResult.FAILURE
+        sent = result is SpanExportResult.SUCCESS
+        with contextlib.suppress(OSError):  # the broker is gone: nobody left to tell
+            os.write(self._reports, b"%d %d\n" % (sent, len(spans)))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _PlainValues(pickle.Unpickler):
+    """Pickles of plain values only (tuples, lists, dicts, strings, numbers): no class or
+    function of any module is ever looked up, whoever wrote to the pipe."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not a plain value")
+
+
+def _serve(batches: BinaryIO, reports: int) -> None:
+    """The child: the resource first, then each batch's spans to the SDK's batch processor;
+    at the end of the pipe, what it holds exported and the exporter shut down."""
+    # Nothing here logs: the broker logs failed exports, once per incident (otel.py), in
+    # its own format; a library's own line would reach stderr raw.
     logging.disable(logging.CRITICAL)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    attributes, schema_url = batches.recv()
+    attributes, schema_url = _PlainValues(batches).load()
     resource = _Resource(attributes, schema_url)
-    exporter: SpanExporter = OTLPSpanExporter()
+    processor = BatchSpanProcessor(_Reporting(OTLPSpanExporter(), reports))
     try:
         while True:
-            try:
-                batch: list[Wired] = batches.recv()
+            try:  # each batch a pickle of its own: an unpickler of its own
+                batch: list[Wired] = _PlainValues(batches).load()
             except EOFError:
                 return
-            try:
-                spans = [_unwire(wired, resource) for wired in batch]
-                sent = exporter.export(spans) is SpanExportResult.SUCCESS
-            except Exception:  # the exporter's own bug must not end the child
-                sent = False
-            answers.send(sent)
+            for wired in batch:
+                processor.on_end(unwire(wired, resource))
     finally:
-        exporter.shutdown()
+        processor.shutdown()  # type: ignore[no-untyped-call]
 
 
-class ExportProcess(SpanExporter):
-    """A span exporter that hands each batch to the OTLP exporter in a child process. The
-    SDK's batch processor calls it from one thread at a time."""
+class ExportProcess:
+    """The broker's end of the export child: batches written on the event loop, never
+    waited on; the child's reports read there too."""
 
     def __init__(
         self,
         resource: Resource,
         export_timeout: float,
+        report: Report,
         command: Sequence[str] = (sys.executable, "-P", "-m", __name__),
     ) -> None:
         self._resource = (dict(resource.attributes), resource.schema_url)
-        self._answer_within = export_timeout + ANSWER_SLACK_SECONDS
+        self._hung_after = export_timeout + ANSWER_SLACK_SECONDS
+        self._report = report
         self._command = list(command)  # the child's, before the two pipes' descriptors
         self._child: subprocess.Popen[bytes] | None = None
-        self._batches: Connection | None = None
-        self._answers: Connection | None = None
-        self._abandoned = False
+        self._batches: int | None = None  # the pipe's write end, non-blocking
+        self._reports: int | None = None  # the reports' read end, watched by the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsent = b""  # what the pipe did not take yet
+        self._full_since = 0.0  # time.monotonic() since when the pipe has not taken all
+        self._heard = b""  # a report line not yet whole
+        self._closed = False
         self._restart_at = 0.0  # time.monotonic() before which no child is started
         self._wait = RESTART_FIRST_WAIT_SECONDS
         self.starts = 0  # children started so far
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._abandoned:
-            return SpanExportResult.FAILURE
-        batch = [_wire(span) for span in spans]
-        try:
-            batches, answers = self._connected()
-        except _Resting:
-            return SpanExportResult.FAILURE
-        except OSError:  # it could not start: tried again later
-            self._failed()
-            return SpanExportResult.FAILURE
-        # A child that stops reading (hung before its first read, say) would block the send
-        # of a batch larger than the pipe's buffer for good: the watchdog kills it when the
-        # answer is due, which fails the write.
-        watchdog = threading.Timer(self._answer_within, self._kill_child)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            batches.send(batch)
-            if not answers.poll(self._answer_within):
-                raise TimeoutError("the export process did not answer")  # hung
-            sent: bool = answers.recv()
-        except (OSError, EOFError):  # it died or hung: killed, and replaced
-            self._failed()
-            return SpanExportResult.FAILURE
-        finally:
-            watchdog.cancel()
-        self._wait = RESTART_FIRST_WAIT_SECONDS
-        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        """Close the pipe: the child exports nothing more, shuts its exporter down, exits."""
-        if self._batches is not None:
-            self._batches.close()
-            self._batches = None
-        if self._child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # then killed
-                self._child.wait(self._answer_within)
-        self._end_child()
-
-    def abandon(self) -> None:
-        """Kill the child now and export nothing more: shutdown ran out of time. Called from
-        another thread than the exports: one in flight sees its child's end and cleans up."""
-        self._abandoned = True
-        self._kill_child()
-
-    def _kill_child(self) -> None:
-        """From any thread: the child ends now; the export in flight sees it and cleans up."""
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.kill()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True  # each batch is answered before the next is sent: nothing is held here
 
     @property
     def child_pid(self) -> int | None:
         return None if self._child is None else self._child.pid
 
-    def _connected(self) -> tuple[Connection, Connection]:
-        if self._child is not None and self._child.poll() is not None:
-            self._failed()  # it died between batches
-        if self._batches is None or self._answers is None or self._child is None:
+    def ship(self, batch: list[Wired]) -> None:
+        """Hand a batch to the child, on the event loop: written now as far as its pipe
+        takes it, the rest with the next; lost (and reported) when it cannot be. Spans that
+        end once shutdown began are not exported."""
+        if self._closed:
+            return
+        if self._batches is None:
             if time.monotonic() < self._restart_at:
-                raise _Resting
-            self._start_child()
+                self._report(False, len(batch), CHILD_RESTING)
+                return
+            try:
+                self._start_child()
+            except OSError:  # it could not start: tried again later
+                self._failed()
+                self._report(False, len(batch), CHILD_RESTING)
+                return
+        if self._unsent:
+            if time.monotonic() - self._full_since > self._hung_after:
+                self._failed()  # it stopped reading: killed; the next batch starts another
+                self._report(False, len(batch), CHILD_HUNG)
+                return
+            if len(self._unsent) > MAX_UNSENT_BYTES:
+                self._report(False, len(batch), CHILD_BEHIND)
+                return
+        self._write(self._unsent + pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
+
+    def _write(self, data: bytes) -> None:
         assert self._batches is not None
-        assert self._answers is not None
-        return self._batches, self._answers
+        try:
+            written = os.write(self._batches, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # it died: its pipe is closed
+            self._failed()
+            self._report(False, 0, CHILD_ENDED)
+            return
+        if written < len(data) and not self._unsent:
+            self._full_since = time.monotonic()
+        self._unsent = data[written:]
+
+    async def close(self, within: float) -> bool:
+        """What waits goes to the child, its pipe is closed, and it is given `within` seconds
+        to export what it holds and exit; past that it is killed. Whether it finished."""
+        self._closed = True
+        if self._child is None:
+            return True
+        deadline = time.monotonic() + within
+        while self._unsent and self._batches is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            self._write(self._unsent)
+        if self._batches is not None:
+            os.close(self._batches)  # the child's end of input
+            self._batches = None
+        while self._child is not None and self._child.poll() is None:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        finished = self._child is None or self._child.poll() is not None
+        self._hear()  # its last reports
+        self._end_child()
+        return finished
+
+    def _hear(self) -> None:
+        """The child's reports as far as they came (the loop calls this when they do)."""
+        if self._reports is None:
+            return
+        try:
+            data = os.read(self._reports, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # it exited, or died
+            if self._loop is not None:
+                self._loop.remove_reader(self._reports)
+            if not self._closed:
+                self._failed()
+                self._report(False, 0, CHILD_ENDED)
+            return
+        *lines, self._heard = (self._heard + data).split(b"\n")
+        for line in lines:
+            sent, _, count = line.partition(b" ")
+            self._report(sent == b"1", int(count or 0), COLLECTOR_FAILED)
 
     def _failed(self) -> None:
         self._end_child()
@@ -285,7 +350,7 @@ class ExportProcess(SpanExporter):
 
     def _start_child(self) -> None:
         to_child, batches = os.pipe()
-        answers, from_child = os.pipe()
+        reports, from_child = os.pipe()
         # The child imports what the broker imported: the broker's import path, not whatever
         # the working directory holds (`-P`).
         path = os.pathsep.join(entry for entry in sys.path if entry)
@@ -302,20 +367,26 @@ class ExportProcess(SpanExporter):
             )
         except BaseException:
             os.close(batches)
-            os.close(answers)
+            os.close(reports)
             raise
         finally:
             os.close(to_child)
             os.close(from_child)
-        self._batches = Connection(batches, readable=False)
-        self._answers = Connection(answers, writable=False)
-        self._batches.send(self._resource)
+        self._batches, self._reports = batches, reports
+        os.set_blocking(batches, False)
+        os.set_blocking(reports, False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(reports, self._hear)
+        self._write(pickle.dumps(self._resource, pickle.HIGHEST_PROTOCOL))
 
     def _end_child(self) -> None:
-        for connection in (self._batches, self._answers):
-            if connection is not None:
-                connection.close()
-        self._batches = self._answers = None
+        if self._reports is not None and self._loop is not None:
+            self._loop.remove_reader(self._reports)
+        for descriptor in (self._batches, self._reports):
+            if descriptor is not None:
+                os.close(descriptor)
+        self._batches = self._reports = None
+        self._unsent = self._heard = b""
         if self._child is not None:
             if self._child.poll() is None:
                 self._child.kill()
@@ -325,9 +396,7 @@ class ExportProcess(SpanExporter):
 
 if __name__ == "__main__":
     try:
-        _serve(
-            Connection(int(sys.argv[1]), writable=False),
-            Connection(int(sys.argv[2]), readable=False),
-        )
-    except (EOFError, OSError):  # the broker went away mid-batch: nothing left to tell it
+        with open(int(sys.argv[1]), "rb") as pipe:
+            _serve(pipe, int(sys.argv[2]))
+    except (EOFError, OSError, pickle.UnpicklingError):  # the broker went away mid-batch
         sys.exit(0)

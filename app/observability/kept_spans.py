@@ -1,15 +1,14 @@
-"""The spans of a request the sampler kept, built as the SDK's finished spans directly.
+"""The spans of a request the sampler kept, built as plain values.
 
 A kept request's spans are known to be sampled before the first is started, carry only the
 broker's own attributes (names, labels, counts, fingerprints: `tracing.AttributeValue`, typed
 and never a caller's input), and end on the event loop that started them. The SDK's live
 `Span` is built for none of that: a lock per span, attribute limits and checks on every set,
-event and link lists, a sampler call, a readable copy at the end; three of them cost a kept
-cache hit about 100 µs (docs/performance.md, "Third pass: the export in a process of its
-own, a kept request's spans built finished"). Here each span is a few fields until it ends,
-then one `ReadableSpan`, the SDK's own record of a finished span, handed to the same batch
-processor the tracer feeds, with ids from the tracer provider's id generator. From there on
-everything is the SDK's and the OTLP exporter's, unchanged.
+event and link lists, a sampler call, a readable copy at the end. Here each span is a few
+fields until it ends, then one tuple, the form in which spans cross to the export process
+(`export_process.wire`), added to the outbox on the loop (span_outbox.py), with ids from the
+tracer provider's id generator. The export process rebuilds the SDK's own finished-span
+record from it; from there on everything is the SDK's and the OTLP exporter's.
 
 Spans outside requests (a scheduled key refresh), where the sampler still decides span by
 span, go through the SDK's tracer as before (otel.py).
@@ -20,42 +19,38 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar, Token
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
+from app.observability.export_process import Wired, wired_context
+from app.observability.span_outbox import SpanOutbox
 from app.observability.tracing import AttributeValue
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_UNSET = Status(StatusCode.UNSET)
-_ERROR = Status(StatusCode.ERROR)
+_SERVER = SpanKind.SERVER.value
+_INTERNAL = SpanKind.INTERNAL.value
+_UNSET = StatusCode.UNSET.value
+_ERROR = StatusCode.ERROR.value
+_SAMPLED = 1  # the trace flags of every kept span
 
 
 class KeptSpans:
     """Where a kept request's spans come from and go to: one per tracer provider."""
 
-    def __init__(
-        self,
-        processor: SpanProcessor,
-        ids: IdGenerator,
-        resource: Resource,
-        scope: InstrumentationScope,
-    ) -> None:
-        self.processor = processor
+    def __init__(self, outbox: SpanOutbox, ids: IdGenerator, scope: InstrumentationScope) -> None:
+        self.outbox = outbox
         self.ids = ids
-        self.resource = resource
-        self.scope = scope
+        self.scope = (scope.name, scope.version, scope.schema_url)
 
     def request(self, name: str, parent: SpanContext | None) -> KeptSpan:
         """The request's span: a child of a trusted proxy's span when it sent one, else the
         root of a new trace."""
         if parent is not None and parent.is_valid:
             trace_id = parent.trace_id
+            remote: Wired | None = wired_context(parent)
         else:
-            trace_id, parent = self.ids.generate_trace_id(), None
-        return KeptSpan(self, name, trace_id, parent, SpanKind.SERVER, {})
+            trace_id, remote = self.ids.generate_trace_id(), None
+        return KeptSpan(self, name, trace_id, remote, _SERVER, {})
 
 
 _current: ContextVar[KeptSpan | None] = ContextVar("broker_kept_span", default=None)
@@ -73,12 +68,13 @@ class KeptSpan:
         "_kept",
         "_token",
         "attributes",
-        "context",
         "kind",
         "name",
         "parent",
+        "span_id",
         "start",
         "status",
+        "trace_id",
     )
 
     def __init__(
@@ -86,16 +82,15 @@ class KeptSpan:
         kept: KeptSpans,
         name: str,
         trace_id: int,
-        parent: SpanContext | None,
-        kind: SpanKind,
+        parent: Wired | None,
+        kind: int,
         attributes: dict[str, AttributeValue],
     ) -> None:
         self._kept = kept
         self.name = name
-        self.context = SpanContext(
-            trace_id, kept.ids.generate_span_id(), is_remote=False, trace_flags=_SAMPLED
-        )
-        self.parent = parent
+        self.trace_id = trace_id
+        self.span_id = kept.ids.generate_span_id()
+        self.parent = parent  # the parent's context, wired
         self.kind = kind
         self.attributes = attributes
         self.status = _UNSET
@@ -107,9 +102,9 @@ class KeptSpan:
         return KeptSpan(
             self._kept,
             name,
-            self.context.trace_id,
-            self.context,
-            SpanKind.INTERNAL,
+            self.trace_id,
+            (self.trace_id, self.span_id, False, _SAMPLED, ()),
+            _INTERNAL,
             dict(attributes),
         )
 
@@ -135,19 +130,21 @@ class KeptSpan:
         self.end()
 
     def end(self) -> None:
-        """Finished: the SDK's record of it goes to the batch processor."""
+        """Finished: its fields, as `export_process.wire` lays them out, to the outbox."""
         kept = self._kept
-        kept.processor.on_end(
-            ReadableSpan(
-                name=self.name,
-                context=self.context,
-                parent=self.parent,
-                resource=kept.resource,
-                attributes=self.attributes,
-                kind=self.kind,
-                status=self.status,
-                start_time=self.start,
-                end_time=time.time_ns(),
-                instrumentation_scope=kept.scope,
+        kept.outbox.add(
+            (
+                self.name,
+                (self.trace_id, self.span_id, False, _SAMPLED, ()),
+                self.parent,
+                self.kind,
+                self.start,
+                time.time_ns(),
+                self.status,
+                None,
+                self.attributes,
+                (),
+                (),
+                kept.scope,
             )
         )

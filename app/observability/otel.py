@@ -4,9 +4,11 @@ Configured by the standard variables only: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 `..._TRACES_ENDPOINT`), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
 `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG` and `OTEL_BSP_*`, read by the SDK.
 
-- Spans go out from the SDK's batch processor, on its own thread: a request only adds its
-  spans to a bounded queue (dropped when full), so a collector that is down, slow or refusing
-  costs it nothing. A failing export is logged once per incident, and its recovery once.
+- Spans go out from an export process of the broker's (export_process.py), batched on the
+  event loop (span_outbox.py) and written to it without waiting; there the SDK's batch
+  processor queues them (dropped when full) for the OTLP exporter, so a collector that is
+  down, slow or refusing costs a request nothing. A failing export is logged once per
+  incident, and its recovery once.
 - The tracer is the broker's own (no global provider is set), and nothing is injected into
   outgoing calls: VideoDB and identity providers, third parties, never see a trace header.
 - An incoming `traceparent` continues a trace only from a peer in `BROKER_TRUSTED_PROXIES`;
@@ -17,13 +19,13 @@ Configured by the standard variables only: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
 import math
 import os
 import random
-import threading
 from collections.abc import Awaitable, Sequence
 from contextlib import AbstractContextManager
 
@@ -32,8 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -51,7 +52,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.observability import kept_spans, tracing
-from app.observability.export_process import ExportProcess
+from app.observability.export_process import COLLECTOR_FAILED, ExportProcess, Report
+from app.observability.span_outbox import Shipper, SpanOutbox
 from app.urls import host_of
 
 DEFAULT_SERVICE_NAME = "videodb-token-broker"
@@ -130,37 +132,27 @@ def _failed(span: trace.Span, exc: BaseException) -> None:
     span.set_attribute("error.type", type(exc).__name__)
 
 
-class _OncePerIncident(SpanExporter):
-    """The OTLP exporter, its failures logged once when they start and once when they end."""
+class _OncePerIncident:
+    """The export process's reports, failures logged once when they start and once when
+    they end."""
 
-    def __init__(self, inner: SpanExporter, collector: str) -> None:
-        self._inner = inner
+    def __init__(self, collector: str) -> None:
         self._collector = collector
         self._failing = False
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:  # the exporter's own bug must not end the export thread
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.FAILURE and not self._failing:
+    def __call__(self, sent: bool, spans: int, reason: str = COLLECTOR_FAILED) -> None:
+        if not sent and not self._failing:
             self._failing = True
             log.warning(
                 "trace_export_failed",
                 collector=self._collector,
-                spans_dropped=len(spans),
+                reason=reason,
+                spans_dropped=spans,
                 effect="traces are lost until the collector answers; requests are unaffected",
             )
-        elif result is SpanExportResult.SUCCESS and self._failing:
+        elif sent and self._failing:
             self._failing = False
             log.info("trace_export_recovered", collector=self._collector)
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
 
 
 def export_timeout_seconds() -> float:
@@ -183,15 +175,15 @@ def shutdown_flush_seconds() -> float:
     """How long shutdown waits for queued spans: the exporter's timeout, 5 s at most.
 
     The SDK bounds each export by that timeout, not the flush: with an export in flight and
-    more batches queued, a collector that accepts and never answers holds the exit for a
-    timeout per batch, up to the SDK's own ceiling (docs/performance.md).
+    more batches queued, a collector that accepts and never answers would hold the exit for
+    a timeout per batch; the export process is killed at this deadline instead.
     """
     return min(export_timeout_seconds(), MAX_SHUTDOWN_FLUSH_SECONDS)
 
 
-def _span_exporter(resource: Resource) -> SpanExporter:
+def _export_process(resource: Resource, report: Report) -> Shipper:
     """OpenTelemetry's OTLP exporter, run in a process of its own (export_process.py)."""
-    return ExportProcess(resource, export_timeout_seconds())
+    return ExportProcess(resource, export_timeout_seconds(), report)
 
 
 def _collector() -> str:
@@ -217,15 +209,12 @@ class Tracing:
         self.bound = _ratio_bound(self.sampler)  # None: the sampler is asked each time
         resource = Resource.create(attributes)
         self.provider = TracerProvider(resource=resource, sampler=_Decided(self.sampler))
-        self.exporter = _span_exporter(resource)
-        exporter = _OncePerIncident(self.exporter, _collector())
-        processor = BatchSpanProcessor(exporter)
-        self.provider.add_span_processor(processor)
+        self.outbox = SpanOutbox(_export_process(resource, _OncePerIncident(_collector())))
+        self.provider.add_span_processor(self.outbox)
         self.tracer = self.provider.get_tracer(DEFAULT_SERVICE_NAME, __version__)
         self.kept = kept_spans.KeptSpans(
-            processor,
+            self.outbox,
             self.provider.id_generator,
-            self.provider.resource,
             InstrumentationScope(DEFAULT_SERVICE_NAME, __version__),
         )
         self.flush_seconds = shutdown_flush_seconds()
@@ -234,25 +223,18 @@ class Tracing:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     def start(self) -> None:
-        """Record the broker's spans from now on. Called from the lifespan: the background
-        work it starts (a scheduled key refresh) has its spans decided by the sampler."""
+        """Record the broker's spans from now on. Called from the lifespan, on the loop
+        spans are batched on: the background work it starts (a scheduled key refresh) has
+        its spans decided by the sampler."""
+        self.outbox.bind(asyncio.get_running_loop())
         tracing.install(_Recorder(self.tracer))
         tracing.decided(None)  # the lifespan's context, and the tasks started from it
 
-    def stop(self) -> None:
-        """Stop recording; send what is queued, for `flush_seconds` at most.
-
-        The SDK's shutdown runs on a daemon thread of its own and is left behind when it
-        overruns, the export process killed: the broker exits without them, and what was
-        still queued is lost.
-        """
+    async def stop(self) -> None:
+        """Stop recording; send what is queued, for `flush_seconds` at most: past that the
+        export process is killed, and what it still held is lost."""
         tracing.install(None)
-        flush = threading.Thread(target=self.provider.shutdown, name="otel-flush", daemon=True)
-        flush.start()
-        flush.join(self.flush_seconds)
-        if flush.is_alive():
-            if isinstance(self.exporter, ExportProcess):
-                self.exporter.abandon()  # its child ends now, not when its export times out
+        if not await self.outbox.close(self.flush_seconds):
             log.warning(
                 "trace_flush_cut_short",
                 collector=_collector(),

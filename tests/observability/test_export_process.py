@@ -1,16 +1,16 @@
 """The OTLP exporter in a child process: what reaches a real receiver over HTTP is what the
-exporter in the broker's own process would have sent, and a child that dies or hangs costs
-one batch, never the broker."""
+exporter in the broker's own process would have sent, a handed batch never waits on the
+child, and a child that dies or hangs costs its spans, never the broker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +19,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
     Link,
@@ -33,10 +33,18 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import NonRecordingSpan, TraceState
 
 from app.observability import export_process
-from app.observability.export_process import ExportProcess, _Resource
+from app.observability.export_process import (
+    CHILD_BEHIND,
+    CHILD_ENDED,
+    CHILD_HUNG,
+    COLLECTOR_FAILED,
+    ExportProcess,
+    Wired,
+    _Resource,
+    wire,
+)
 from harness.otlp_receiver import OtlpReceiver
 from harness.servers import ThreadedServer
-from harness.waiting import wait_for
 
 RESOURCE = Resource.create({"service.name": "broker", "service.version": "1.2.3"})
 
@@ -47,6 +55,7 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
     server = ThreadedServer(receiver).start()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", server.url)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # ms: the child exports soon
     yield receiver
     server.stop()
 
@@ -82,82 +91,110 @@ def _spans() -> tuple[ReadableSpan, ...]:
     return memory.get_finished_spans()
 
 
-def test_what_the_collector_gets_is_what_the_exporter_would_have_sent_in_process(
+class Reports(list[tuple[bool, int, str]]):
+    """What the broker is told, in order."""
+
+    def __call__(self, sent: bool, spans: int, reason: str) -> None:
+        self.append((sent, spans, reason))
+
+
+async def until(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    """Until `check()` holds, the loop running meanwhile (the child's reports are read on
+    it); an AssertionError naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {within} s"
+        await asyncio.sleep(0.02)
+
+
+def _batch() -> list[Wired]:
+    return [wire(span) for span in _spans()]
+
+
+async def test_what_the_collector_gets_is_what_the_exporter_would_have_sent_in_process(
     collector: OtlpReceiver,
 ) -> None:
     spans = _spans()
-    exporter = ExportProcess(RESOURCE, export_timeout=2)
-    try:
-        assert exporter.export(spans) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=2, report=reports)
+    exporter.ship([wire(span) for span in spans])
+    assert await exporter.close(10)  # what the child held went out before it exited
     (received,) = collector.requests
     expected = ExportTraceServiceRequest(resource_spans=encode_spans(spans).resource_spans)
     assert received == expected  # every field: ids, parents, remote flags, state, times, ...
     names = [span["name"] for span in collector.spans()]
     assert names == ["broker.token", "broker.authenticate", "POST /v1/capture/session/token"]
+    assert reports == [(True, 3, COLLECTOR_FAILED)]
 
 
-def test_a_failed_export_is_answered_as_failed(collector: OtlpReceiver) -> None:
+async def test_a_failed_export_is_reported_as_failed(collector: OtlpReceiver) -> None:
     collector.fault = "reject"
-    exporter = ExportProcess(RESOURCE, export_timeout=2)
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=2, report=reports)
     try:
-        assert exporter.export(_spans()) is SpanExportResult.FAILURE
+        exporter.ship(_batch())
+        await until(lambda: len(reports) == 1, "a report")
+        assert reports[0] == (False, 3, COLLECTOR_FAILED)
         collector.fault = None
-        assert exporter.export(_spans()) is SpanExportResult.SUCCESS  # the same child
+        exporter.ship(_batch())
+        await until(lambda: len(reports) == 2, "a second report")
+        assert reports[1][:2] == (True, 3)
+        assert exporter.starts == 1  # the same child
     finally:
-        exporter.shutdown()
+        await exporter.close(5)
 
 
-def test_a_child_that_dies_costs_its_batch_and_a_new_one_takes_a_later_one(
+async def test_a_child_that_dies_is_reported_and_a_new_one_takes_a_later_batch(
     collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(export_process, "RESTART_FIRST_WAIT_SECONDS", 0.2)
-    collector.fault, collector.delay = "slow", 30.0  # the child is mid-export when it dies
-    exporter = ExportProcess(RESOURCE, export_timeout=60)
-    results: list[SpanExportResult] = []
-    exporting = threading.Thread(target=lambda: results.append(exporter.export(_spans())))
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=2, report=reports)
     try:
-        exporting.start()
-        wait_for(lambda: exporter.child_pid is not None, "a child")
+        exporter.ship(_batch())
+        await until(lambda: len(reports) == 1, "a report")
         first = exporter.child_pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        exporting.join(30)
-        assert results == [SpanExportResult.FAILURE]  # at its death, not after the 30 s
-        collector.fault = None
-        time.sleep(0.3)  # past the wait before the next start
-        assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+        await until(lambda: exporter.child_pid is None, "the child's end seen")
+        assert reports[1] == (False, 0, CHILD_ENDED)
+        await asyncio.sleep(0.3)  # past the wait before the next start
+        exporter.ship(_batch())
+        await until(lambda: len(reports) == 3, "a report from the new child")
+        assert reports[2][:2] == (True, 3)
         assert exporter.child_pid not in (None, first)
         assert exporter.starts == 2
     finally:
-        exporter.shutdown()
+        await exporter.close(5)
     assert exporter.child_pid is None
 
 
-def test_a_child_that_cannot_run_is_started_again_less_and_less_often(
+async def test_a_child_that_cannot_run_is_started_again_less_and_less_often(
     collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A broken install, say: every batch in the meantime fails at once, with no new start."""
+    """A broken install, say: every batch in the meantime is lost at once, with no new start."""
     now = [1000.0]  # the exporter's clock, moved by the test
     monkeypatch.setattr(export_process, "time", SimpleNamespace(monotonic=lambda: now[0]))
     crashing = (sys.executable, "-c", "raise SystemExit(3)")
-    exporter = ExportProcess(RESOURCE, export_timeout=2, command=crashing)
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=2, report=reports, command=crashing)
     try:
         starts = []
         steps = (0, 0.5, 1, 2.9, 3, 7, 15, 31, 62.9, 63, 122.9, 123, 182.9, 183)
         for step in steps:
             now[0] = 1000.0 + step
-            assert exporter.export(_spans()) is SpanExportResult.FAILURE
+            exporter.ship(_batch())
+            await until(lambda: exporter.child_pid is None, "the child's end seen")
             starts.append(exporter.starts)
     finally:
-        exporter.shutdown()
+        await exporter.close(5)
     # started at 0, then no sooner than 1 s after, 2 s, 4 s, 8 s, 16 s, 32 s, then 60 s at most
     assert starts == [1, 1, 2, 2, 3, 4, 5, 6, 6, 7, 7, 8, 8, 9]
+    assert not [report for report in reports if report[0]]
     assert collector.requests == []
 
 
-def test_the_child_gets_no_setting_of_the_broker(
+async def test_the_child_gets_no_setting_of_the_broker(
     collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The VideoDB key and the broker's secrets stay in the broker; the exporter's own
@@ -167,11 +204,13 @@ def test_the_child_gets_no_setting_of_the_broker(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     seen = tmp_path / "environment.json"
     dump = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
-    exporter = ExportProcess(RESOURCE, 2, command=(sys.executable, "-c", dump, str(seen)))
+    command = (sys.executable, "-c", dump, str(seen))
+    exporter = ExportProcess(RESOURCE, 2, report=Reports(), command=command)
     try:
-        exporter.export(_spans())  # the child writes its environment and leaves: a failure
+        exporter.ship(_batch())  # the child writes its environment and leaves
+        await until(lambda: exporter.child_pid is None, "the child's end seen")
     finally:
-        exporter.shutdown()
+        await exporter.close(5)
     environment = json.loads(seen.read_text())
     assert not [name for name in environment if name.startswith(("BROKER_", "VIDEO_DB_"))]
     assert "sk-never-in-the-child" not in seen.read_text()
@@ -179,42 +218,34 @@ def test_the_child_gets_no_setting_of_the_broker(
     assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
 
 
-def test_a_hung_child_is_killed_and_its_batch_failed(
-    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    collector.fault, collector.delay = "slow", 60.0
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")  # the child's exporter waits on
-    monkeypatch.setattr(export_process, "ANSWER_SLACK_SECONDS", 2.0)
-    exporter = ExportProcess(RESOURCE, export_timeout=1)  # the broker waits 3 s for an answer
-    try:
-        assert exporter.export(_spans()) is SpanExportResult.FAILURE
-        assert exporter.child_pid is None  # killed and reaped: none left behind
-    finally:
-        exporter.shutdown()
-
-
-def test_a_child_that_never_reads_cannot_block_a_large_batch_for_good(
+async def test_a_child_that_stops_reading_never_holds_the_loop_and_is_killed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A child hung before its first read (in its imports, say): a batch larger than the
-    pipe's buffer cannot be written whole, and the send would wait for good without the
-    watchdog that kills the child when the answer is due."""
-    monkeypatch.setattr(export_process, "ANSWER_SLACK_SECONDS", 2.0)
+    pipe's buffer is written as far as the pipe takes it and the rest kept; past a backlog,
+    batches are dropped; once the pipe has stayed full past the export timeout and its
+    slack, the child is killed and reaped."""
+    monkeypatch.setattr(export_process, "ANSWER_SLACK_SECONDS", 0.5)
+    monkeypatch.setattr(export_process, "MAX_UNSENT_BYTES", 100_000)
     never_reads = (sys.executable, "-c", "import time; time.sleep(120)")
-    exporter = ExportProcess(RESOURCE, export_timeout=1, command=never_reads)
-    large = [_with_attribute(span, "x" * 100_000) for span in _spans()]  # about 300 KB
-    results: list[SpanExportResult] = []
-    exporting = threading.Thread(target=lambda: results.append(exporter.export(large)))
-    started = time.monotonic()
-    exporting.start()
-    exporting.join(60)  # the answer is due after 3 s; 60 bounds the test, not the code
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=0.5, report=reports, command=never_reads)
+    large = [wire(_with_attribute(span, "x" * 100_000)) for span in _spans()]  # about 300 KB
     try:
-        assert results == [SpanExportResult.FAILURE], "the send is still blocked"
-        assert time.monotonic() - started < 30
+        started = time.monotonic()
+        exporter.ship(large)
+        exporter.ship(_batch())
+        assert time.monotonic() - started < 1  # handed over, not waited on
+        assert reports == [(False, 3, CHILD_BEHIND)]  # the backlog is over its bound
+        pid = exporter.child_pid
+        assert pid is not None
+        await asyncio.sleep(1.2)  # the pipe full for longer than the 1 s it may be
+        exporter.ship(_batch())
+        assert reports[1] == (False, 3, CHILD_HUNG)
         assert exporter.child_pid is None  # killed and reaped: none left behind
+        assert not _alive(pid)
     finally:
-        exporter.abandon()
-        exporting.join(10)
+        await exporter.close(5)
 
 
 def _with_attribute(span: ReadableSpan, value: str) -> ReadableSpan:
@@ -229,26 +260,32 @@ def _with_attribute(span: ReadableSpan, value: str) -> ReadableSpan:
     )
 
 
-def test_shutdown_ends_the_child_and_abandon_kills_it_at_once(collector: OtlpReceiver) -> None:
-    exporter = ExportProcess(RESOURCE, export_timeout=2)
-    assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+async def test_close_waits_for_the_child_to_export_and_kills_it_at_the_deadline(
+    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = ExportProcess(RESOURCE, export_timeout=2, report=Reports())
+    exporter.ship(_batch())
     pid = exporter.child_pid
     assert pid is not None
-    exporter.shutdown()
+    assert await exporter.close(10)
     assert exporter.child_pid is None
     assert not _alive(pid)
+    assert len(collector.spans()) == 3
+    exporter.ship(_batch())  # after shutdown began: not exported, no new child
+    assert exporter.child_pid is None
 
     collector.fault, collector.delay = "slow", 30.0
-    hung = ExportProcess(RESOURCE, export_timeout=30)
-    results: list[SpanExportResult] = []
-    exporting = threading.Thread(target=lambda: results.append(hung.export(_spans())))
-    exporting.start()
-    wait_for(lambda: hung.child_pid is not None, "a child")
-    hung.abandon()  # shutdown ran out of time: from another thread, as otel.py calls it
-    exporting.join(30)
-    assert results == [SpanExportResult.FAILURE]
-    assert hung.export(_spans()) is SpanExportResult.FAILURE  # and no new child
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    hung = ExportProcess(RESOURCE, export_timeout=30, report=Reports())
+    hung.ship(_batch())
+    await asyncio.sleep(0.5)  # the child is mid-export
+    pid = hung.child_pid
+    assert pid is not None
+    started = time.monotonic()
+    assert not await hung.close(1)  # cut short
+    assert time.monotonic() - started < 5
     assert hung.child_pid is None
+    assert not _alive(pid)
 
 
 def test_the_resource_hashes_and_compares_as_the_one_it_stands_for() -> None:

@@ -1,6 +1,6 @@
-"""A kept request's spans, built finished: the same records the SDK's tracer would have
-made (ids, parents, kinds, attributes, status, times, resource, scope), through the seam the
-broker's code calls."""
+"""A kept request's spans, built as plain values: once rebuilt in the export process, the
+same records the SDK's tracer would have made (ids, parents, kinds, attributes, status,
+times, resource, scope), through the seam the broker's code calls."""
 
 from __future__ import annotations
 
@@ -10,34 +10,45 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 
 from app.observability import kept_spans, tracing
 from app.observability.kept_spans import KeptSpans
 from app.observability.otel import _Recorder
+from app.observability.span_outbox import SpanOutbox
+from tests.fakes.span_shipper import MemoryShipper
 
 RESOURCE = Resource.create({"service.name": "broker"})
 SCOPE = InstrumentationScope("videodb-token-broker", "1.2.3")
 
 
+class Exported:
+    """The spans as the export process would hand them to the OTLP exporter."""
+
+    def __init__(self, outbox: SpanOutbox, shipper: MemoryShipper) -> None:
+        self.outbox = outbox
+        self.shipper = shipper
+
+    def get_finished_spans(self) -> tuple[ReadableSpan, ...]:
+        self.outbox.ship()
+        return self.shipper.spans()
+
+
 @pytest.fixture
-def kept() -> Iterator[tuple[KeptSpans, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
+def kept() -> Iterator[tuple[KeptSpans, Exported]]:
+    shipper = MemoryShipper(RESOURCE)
+    outbox = SpanOutbox(shipper)
     provider = TracerProvider(resource=RESOURCE)
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
     tracing.install(_Recorder(provider.get_tracer("unused")))
     token = tracing.decided(True)  # a request the sampler kept
-    yield KeptSpans(processor, provider.id_generator, RESOURCE, SCOPE), exporter
+    yield KeptSpans(outbox, provider.id_generator, SCOPE), Exported(outbox, shipper)
     tracing.reset(token)
     tracing.install(None)
 
 
 async def test_a_kept_requests_spans_nest_under_its_span_in_one_trace(
-    kept: tuple[KeptSpans, InMemorySpanExporter],
+    kept: tuple[KeptSpans, Exported],
 ) -> None:
     spans, exporter = kept
 
@@ -87,7 +98,7 @@ async def test_a_kept_requests_spans_nest_under_its_span_in_one_trace(
         assert span.start_time is not None
         assert span.end_time is not None
         assert before <= span.start_time <= span.end_time <= time.time_ns()
-        assert span.resource is RESOURCE
+        assert span.resource == RESOURCE
         assert span.instrumentation_scope == SCOPE
     assert tok.start_time is not None
     assert attempt.start_time is not None
@@ -95,7 +106,7 @@ async def test_a_kept_requests_spans_nest_under_its_span_in_one_trace(
 
 
 def test_an_error_is_recorded_by_its_type_never_its_message(
-    kept: tuple[KeptSpans, InMemorySpanExporter],
+    kept: tuple[KeptSpans, Exported],
 ) -> None:
     spans, exporter = kept
     secret = "sk-must-not-be-exported-0123"
@@ -119,7 +130,7 @@ def test_an_error_is_recorded_by_its_type_never_its_message(
 
 
 def test_a_trusted_proxys_span_is_the_parent_in_its_trace(
-    kept: tuple[KeptSpans, InMemorySpanExporter],
+    kept: tuple[KeptSpans, Exported],
 ) -> None:
     spans, exporter = kept
     remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))

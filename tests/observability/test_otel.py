@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.trace import SpanKind, Tracer
@@ -27,33 +26,23 @@ from app.observability.otel import (
     _OncePerIncident,
     _Recorder,
 )
-
-
-class _Flaky(SpanExporter):
-    def __init__(self) -> None:
-        self.results: list[SpanExportResult | Exception] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = self.results.pop(0)
-        if isinstance(result, Exception):
-            raise result
-        return result
+from tests.fakes.span_shipper import MemoryShipper
 
 
 def test_failures_are_logged_once_per_incident_and_the_recovery_once() -> None:
-    inner = _Flaky()
-    ok, failed = SpanExportResult.SUCCESS, SpanExportResult.FAILURE
-    inner.results = [ok, failed, failed, RuntimeError("exporter bug"), failed, ok, ok, failed]
-    exporter = _OncePerIncident(inner, "collector.internal")
+    report = _OncePerIncident("collector.internal")
+    outcomes = [True, False, False, False, True, True, False]
     with structlog.testing.capture_logs() as logs:
-        results = [exporter.export([]) for _ in range(8)]
-    assert results == [ok, failed, failed, failed, failed, ok, ok, failed]
+        for sent in outcomes:
+            report(sent, 512, "why")
     assert [entry["event"] for entry in logs] == [
         "trace_export_failed",
         "trace_export_recovered",
         "trace_export_failed",
     ]
     assert logs[0]["collector"] == "collector.internal"
+    assert logs[0]["reason"] == "why"
+    assert logs[0]["spans_dropped"] == 512
 
 
 @pytest.mark.parametrize(
@@ -188,8 +177,8 @@ async def _through_middleware(
 ) -> tuple[list[bool | None], tuple[ReadableSpan, ...]]:
     """One request through the middleware, in a context of its own as a server runs it
     (`context`: what that context says before the middleware decides)."""
-    exporter = InMemorySpanExporter()
-    monkeypatch.setattr(otel, "_span_exporter", lambda resource: exporter)
+    shipper: list[MemoryShipper] = []
+    monkeypatch.setattr(otel, "_export_process", lambda r, _: _kept(shipper, MemoryShipper(r)))
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
     setup = Tracing([])
     seen: list[bool | None] = []
@@ -219,8 +208,8 @@ async def _through_middleware(
     try:
         await asyncio.create_task(request())
     finally:
-        setup.stop()
-    return seen, exporter.get_finished_spans()
+        await setup.stop()
+    return seen, shipper[0].spans()
 
 
 async def test_a_kept_request_is_a_server_span_with_its_children(
@@ -260,7 +249,7 @@ async def test_requests_through_the_middleware_are_kept_as_often_as_the_sampler_
 ) -> None:
     """Decided once each: by the draw alone when no proxy is trusted, else as a trusted
     proxy's flag or the sampler says (this peer is not a trusted one)."""
-    monkeypatch.setattr(otel, "_span_exporter", lambda resource: InMemorySpanExporter())
+    monkeypatch.setattr(otel, "_export_process", lambda resource, _: MemoryShipper(resource))
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.3")
     setup = Tracing(trusted)
@@ -277,9 +266,14 @@ async def test_requests_through_the_middleware_are_kept_as_often_as_the_sampler_
         for _ in range(requests):
             await asyncio.create_task(request())  # each in a context of its own, as served
     finally:
-        setup.stop()
+        await setup.stop()
     share = seen.count(True) / requests
     assert abs(share - 0.3) <= 5 * math.sqrt(0.3 * 0.7 / requests), share  # 5 sigma
+
+
+def _kept(shippers: list[MemoryShipper], shipper: MemoryShipper) -> MemoryShipper:
+    shippers.append(shipper)
+    return shipper
 
 
 async def _no_body() -> Message:
