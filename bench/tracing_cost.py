@@ -16,10 +16,11 @@ variant's ASGI app, as bench/fast_path_ab.py does, the variants in a new random 
 round, each in worker processes of its own (BENCH_TRACING_WORKERS, 2 by default, taking its
 rounds in turn) that export to one OTLP receiver in this process. Printed per variant: the
 median of per-round µs a hit on the event loop, the median of per-round differences from
-tracing off, and the process's CPU µs a hit (the export thread's included). Each REF given (a
-commit, HEAD) adds the tracing variants of the broker as it was there, from a temporary git
-worktree. BENCH_TRACING_ROUNDS (default 15); BENCH_TRACING_LOG_LEVEL (default INFO: every
-hit's audit line, to /dev/null, as production writes it).
+tracing off, and the process's CPU µs a hit (a broker before 26ed866: its export thread's
+included; since: its export process's not). Each REF given (a commit, HEAD) adds the tracing
+variants of the broker as it was there, from a temporary git worktree. BENCH_TRACING_ROUNDS
+(default 15); BENCH_TRACING_LOG_LEVEL (default INFO: every hit's audit line, to /dev/null, as
+production writes it).
 """
 
 from __future__ import annotations

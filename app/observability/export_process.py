@@ -275,6 +275,9 @@ class ExportProcess:
                 self._failed()
                 self._report(False, len(batch), CHILD_RESTING)
                 return
+            if self._batches is None:  # it ended before it took the resource
+                self._report(False, len(batch), CHILD_ENDED)
+                return
         if self._unsent:
             if time.monotonic() - self._full_since > self._hung_after:
                 self._failed()  # it stopped reading: killed; the next batch starts another
@@ -349,6 +352,7 @@ class ExportProcess:
         self._wait = min(self._wait * 2, RESTART_LONGEST_WAIT_SECONDS)
 
     def _start_child(self) -> None:
+        loop = asyncio.get_running_loop()  # the loop reads its reports: spans end on it
         to_child, batches = os.pipe()
         reports, from_child = os.pipe()
         # The child imports what the broker imported: the broker's import path, not whatever
@@ -375,8 +379,8 @@ class ExportProcess:
         self._batches, self._reports = batches, reports
         os.set_blocking(batches, False)
         os.set_blocking(reports, False)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(reports, self._hear)
+        self._loop = loop
+        loop.add_reader(reports, self._hear)
         self._write(pickle.dumps(self._resource, pickle.HIGHEST_PROTOCOL))
 
     def _end_child(self) -> None:

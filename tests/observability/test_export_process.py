@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import sys
 import time
@@ -301,3 +302,32 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class _RunsCode:
+    """What a hostile pickle carries: a call of any function the unpickler looks up."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[str, ...]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+async def test_the_child_unpickles_plain_values_only(
+    collector: OtlpReceiver, tmp_path: Path
+) -> None:
+    """Whatever reaches its pipe, the child looks up no function: a pickle that would call one
+    ends the child (reported), and the call never happens."""
+    marker = tmp_path / "ran"
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=2, report=reports)
+    try:
+        exporter.ship(_batch())
+        await until(lambda: len(reports) == 1, "a report")
+        exporter._write(pickle.dumps([_RunsCode(marker)]))
+        await until(lambda: exporter.child_pid is None, "the child's end seen")
+        assert reports[1] == (False, 0, CHILD_ENDED)
+        assert not marker.exists()
+    finally:
+        await exporter.close(5)
