@@ -16,9 +16,10 @@ The child, `python -P -m app.observability.export_process`, is started on first 
 interpreter (never a `fork` of a process with threads) that imports only the exporter, reads
 the same `OTEL_*` variables, and sits in a session of its own, so a terminal's Ctrl-C reaches
 the broker alone. It exits when its pipe closes, whether the broker shut down or died, after
-exporting what it holds. A child that died, or stopped reading for longer than the export
-timeout and ANSWER_SLACK_SECONDS, is killed and its spans counted lost; the next is started
-with a later batch, after a wait that doubles while children keep failing (RESTART_*).
+exporting what it holds. A child that died, or took nothing from its pipe for longer than the
+export timeout and STALL_SLACK_SECONDS while something waited for it, is killed and its spans
+counted lost; the next is started with a later batch, after a wait that doubles while
+children keep failing (RESTART_*).
 The pipes carry pickles between two processes of the same program, created by the broker
 and handed to the child alone.
 """
@@ -49,15 +50,17 @@ from opentelemetry.util.types import Attributes
 Wired = tuple[Any, ...]
 # What the broker is told of each export: whether it went out, and how many spans it held.
 Report = Callable[[bool, int, str], None]
-# How long past the exporter's own timeout a child may leave its pipe full before the
-# broker takes it for hung: room for a new child's imports on a busy machine.
-ANSWER_SLACK_SECONDS = 5.0
+# How long past the exporter's own timeout a child may take nothing from its pipe while
+# something waits for it, before the broker takes it for hung: room for a new child's
+# imports on a busy machine.
+STALL_SLACK_SECONDS = 5.0
 # What may wait for a child that reads slower than spans come (about 4,000 spans): past it,
-# batches are dropped, as the SDK's batch processor drops past its queue.
+# new batches are dropped, as the SDK's batch processor drops past its queue.
 MAX_UNSENT_BYTES = 1 << 20
 # After a child died, hung or could not start, the next is started no sooner than this, the
-# wait doubling with each failure in a row up to the longest: a child that cannot run (a
-# broken install, a limit on processes) costs a start a minute, not one a batch.
+# wait doubling with each failure in a row (a child that reported an export ends the row)
+# up to the longest: a child that cannot run (a broken install, a limit on processes) costs
+# a start a minute, not one a batch.
 RESTART_FIRST_WAIT_SECONDS = 1.0
 RESTART_LONGEST_WAIT_SECONDS = 60.0
 # The broker's own settings (the VideoDB key, secrets, Redis URLs) stay out of the child's
@@ -240,15 +243,16 @@ class ExportProcess:
         command: Sequence[str] = (sys.executable, "-P", "-m", __name__),
     ) -> None:
         self._resource = (dict(resource.attributes), resource.schema_url)
-        self._hung_after = export_timeout + ANSWER_SLACK_SECONDS
+        self._hung_after = export_timeout + STALL_SLACK_SECONDS
         self._report = report
         self._command = list(command)  # the child's, before the two pipes' descriptors
         self._child: subprocess.Popen[bytes] | None = None
         self._batches: int | None = None  # the pipe's write end, non-blocking
         self._reports: int | None = None  # the reports' read end, watched by the loop
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unsent = b""  # what the pipe did not take yet
-        self._full_since = 0.0  # time.monotonic() since when the pipe has not taken all
+        self._unsent = b""  # what the pipe did not take yet; the loop writes it when it can
+        self._stalled_since = 0.0  # time.monotonic() of the pipe's last progress
+        self._drained: asyncio.Event | None = None  # set once nothing waits (close waits)
         self._heard = b""  # a report line not yet whole
         self._closed = False
         self._restart_at = 0.0  # time.monotonic() before which no child is started
@@ -271,7 +275,7 @@ class ExportProcess:
                 return
             try:
                 self._start_child()
-            except OSError:  # it could not start: tried again later
+            except (OSError, subprocess.SubprocessError):  # it could not start: later
                 self._failed()
                 self._report(False, len(batch), CHILD_RESTING)
                 return
@@ -279,7 +283,7 @@ class ExportProcess:
                 self._report(False, len(batch), CHILD_ENDED)
                 return
         if self._unsent:
-            if time.monotonic() - self._full_since > self._hung_after:
+            if time.monotonic() - self._stalled_since > self._hung_after:
                 self._failed()  # it stopped reading: killed; the next batch starts another
                 self._report(False, len(batch), CHILD_HUNG)
                 return
@@ -289,7 +293,9 @@ class ExportProcess:
         self._write(self._unsent + pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
 
     def _write(self, data: bytes) -> None:
-        assert self._batches is not None
+        """As much of `data` as the pipe takes now; the loop writes the rest when it can."""
+        if self._batches is None:
+            return
         try:
             written = os.write(self._batches, data)
         except BlockingIOError:
@@ -298,9 +304,21 @@ class ExportProcess:
             self._failed()
             self._report(False, 0, CHILD_ENDED)
             return
-        if written < len(data) and not self._unsent:
-            self._full_since = time.monotonic()
+        if written or not self._unsent:
+            self._stalled_since = time.monotonic()  # progress: a stall counts from here
+        waited = bool(self._unsent)
         self._unsent = data[written:]
+        if self._loop is not None and bool(self._unsent) != waited:
+            if self._unsent:
+                self._loop.add_writer(self._batches, self._drain)
+            else:
+                self._loop.remove_writer(self._batches)
+        if not self._unsent and self._drained is not None:
+            self._drained.set()
+
+    def _drain(self) -> None:
+        """The pipe takes more: the loop calls this while something waits."""
+        self._write(self._unsent)
 
     async def close(self, within: float) -> bool:
         """What waits goes to the child, its pipe is closed, and it is given `within` seconds
@@ -309,10 +327,13 @@ class ExportProcess:
         if self._child is None:
             return True
         deadline = time.monotonic() + within
-        while self._unsent and self._batches is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            self._write(self._unsent)
+        if self._unsent:  # the loop writes it as the child reads
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), deadline - time.monotonic())
         if self._batches is not None:
+            if self._loop is not None:
+                self._loop.remove_writer(self._batches)
             os.close(self._batches)  # the child's end of input
             self._batches = None
         while self._child is not None and self._child.poll() is None:
@@ -342,6 +363,8 @@ class ExportProcess:
                 self._report(False, 0, CHILD_ENDED)
             return
         *lines, self._heard = (self._heard + data).split(b"\n")
+        if lines:  # it runs: the next failure starts a new row of restarts
+            self._wait = RESTART_FIRST_WAIT_SECONDS
         for line in lines:
             sent, _, count = line.partition(b" ")
             self._report(sent == b"1", int(count or 0), COLLECTOR_FAILED)
@@ -354,7 +377,12 @@ class ExportProcess:
     def _start_child(self) -> None:
         loop = asyncio.get_running_loop()  # the loop reads its reports: spans end on it
         to_child, batches = os.pipe()
-        reports, from_child = os.pipe()
+        try:
+            reports, from_child = os.pipe()
+        except OSError:
+            os.close(to_child)
+            os.close(batches)
+            raise
         # The child imports what the broker imported: the broker's import path, not whatever
         # the working directory holds (`-P`).
         path = os.pathsep.join(entry for entry in sys.path if entry)
@@ -384,13 +412,18 @@ class ExportProcess:
         self._write(pickle.dumps(self._resource, pickle.HIGHEST_PROTOCOL))
 
     def _end_child(self) -> None:
-        if self._reports is not None and self._loop is not None:
-            self._loop.remove_reader(self._reports)
+        if self._loop is not None:
+            if self._reports is not None:
+                self._loop.remove_reader(self._reports)
+            if self._batches is not None:
+                self._loop.remove_writer(self._batches)
         for descriptor in (self._batches, self._reports):
             if descriptor is not None:
                 os.close(descriptor)
         self._batches = self._reports = None
         self._unsent = self._heard = b""
+        if self._drained is not None:
+            self._drained.set()
         if self._child is not None:
             if self._child.poll() is None:
                 self._child.kill()

@@ -396,7 +396,7 @@ class TracingMiddleware:
         async def send_traced(message: Message) -> None:
             nonlocal status, request_id
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = int(message["status"])  # a plain int, whatever the app sent
                 for name, value in message.get("headers", ()):
                     if name.lower() == b"x-request-id":
                         request_id = value.decode("latin-1")

@@ -53,7 +53,7 @@ class SpanOutbox(SpanProcessor):
         pending.append(wired)
         if len(pending) >= SHIP_EVERY_SPANS:
             self.ship()
-        elif self._timer is None and self._loop is not None:
+        elif self._timer is None and self._loop is not None and not self._loop.is_closed():
             self._timer = self._loop.call_later(SHIP_WITHIN_SECONDS, self.ship)
 
     def ship(self) -> None:
@@ -82,7 +82,7 @@ class SpanOutbox(SpanProcessor):
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
             self.add(wired)
-        else:  # ended on another thread: added on the loop's
+        elif not loop.is_closed():  # ended on another thread: added on the loop's
             loop.call_soon_threadsafe(self.add, wired)
 
     def shutdown(self) -> None:

@@ -226,7 +226,7 @@ async def test_a_child_that_stops_reading_never_holds_the_loop_and_is_killed(
     pipe's buffer is written as far as the pipe takes it and the rest kept; past a backlog,
     batches are dropped; once the pipe has stayed full past the export timeout and its
     slack, the child is killed and reaped."""
-    monkeypatch.setattr(export_process, "ANSWER_SLACK_SECONDS", 0.5)
+    monkeypatch.setattr(export_process, "STALL_SLACK_SECONDS", 0.5)
     monkeypatch.setattr(export_process, "MAX_UNSENT_BYTES", 100_000)
     never_reads = (sys.executable, "-c", "import time; time.sleep(120)")
     reports = Reports()
@@ -329,5 +329,32 @@ async def test_the_child_unpickles_plain_values_only(
         await until(lambda: exporter.child_pid is None, "the child's end seen")
         assert reports[1] == (False, 0, CHILD_ENDED)
         assert not marker.exists()
+    finally:
+        await exporter.close(5)
+
+
+async def test_a_backlog_is_written_as_the_child_reads_and_a_slow_start_is_not_a_hang(
+    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that takes a while before its first read (a cold start on a busy machine):
+    what its pipe did not take is written by the loop as it reads, with no further batch, and
+    once it reads it is not taken for hung however long it took."""
+    monkeypatch.setattr(export_process, "STALL_SLACK_SECONDS", 0.5)
+    slow_start = (
+        sys.executable,
+        "-c",
+        "import runpy, time; time.sleep(1.5); "
+        "runpy.run_module('app.observability.export_process', run_name='__main__')",
+    )
+    reports = Reports()
+    exporter = ExportProcess(RESOURCE, export_timeout=0.5, report=reports, command=slow_start)
+    large = [wire(_with_attribute(span, "x" * 100_000)) for span in _spans()]  # about 300 KB
+    try:
+        exporter.ship(large)
+        await until(lambda: len(collector.spans()) == 3, "the backlog's spans at the collector")
+        exporter.ship(_batch())  # past the 1 s stall the backlog had: no kill
+        await until(lambda: len(reports) == 2, "two reports")
+        assert [report[:2] for report in reports] == [(True, 3), (True, 3)]
+        assert exporter.starts == 1
     finally:
         await exporter.close(5)
