@@ -236,7 +236,7 @@ async def test_a_child_that_stops_reading_never_holds_the_loop_and_is_killed(
         started = time.monotonic()
         exporter.ship(large)
         exporter.ship(_batch())
-        assert time.monotonic() - started < 1  # handed over, not waited on
+        assert time.monotonic() - started < 10  # handed over, not waited on (it never reads)
         assert reports == [(False, 3, CHILD_BEHIND)]  # the backlog is over its bound
         pid = exporter.child_pid
         assert pid is not None
@@ -284,7 +284,7 @@ async def test_close_waits_for_the_child_to_export_and_kills_it_at_the_deadline(
     assert pid is not None
     started = time.monotonic()
     assert not await hung.close(1)  # cut short
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # not the 30 s its export would take
     assert hung.child_pid is None
     assert not _alive(pid)
 
